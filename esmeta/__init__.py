@@ -1,0 +1,10 @@
+"""esmeta: evolution strategies for meta-learning (Sheng & He 2021), in JAX."""
+
+__version__ = "0.1.0"
+
+
+def load_run(run_dir):
+    """Config and `embed(images)` of a finished run (see `esmeta.load.load_run`)."""
+    from esmeta.load import load_run as _load_run
+
+    return _load_run(run_dir)

@@ -1,0 +1,308 @@
+"""Typed run configuration: Hydra/OmegaConf in, validated once into frozen dataclasses.
+
+Everything below `esmeta.run` takes these plain values; no OmegaConf object reaches the math.
+Every check raises `ConfigError` with one line naming the setting, its value, the rule and a fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from esmeta.errors import ConfigError
+
+IMAGES_PER_CLASS = 20  # every Omniglot character has 20 drawings
+MIN_IMAGE_SIZE = 16  # four 2x2 max-pools need at least 16 pixels to leave a 1x1 map
+MAX_IMAGE_SIZE = 105  # the source images are 105x105; we never upsample
+
+ESTIMATORS = ("backprop", "wsr", "finite_diff")
+DISTANCES = ("euclidean", "cosine")
+SPLITS = ("paper", "vinyals")
+RESIZE_FILTERS = ("antialias", "nearest")
+NORM_STATS = ("episode", "support")
+OPTIMIZERS = ("sgd", "adam")
+FITNESS_SHAPINGS = ("zscore", "centered_rank")
+NORMALIZATIONS = ("per_shard", "global")
+EVAL_MODES = ("auto", "map", "vmap")
+PLATFORMS = ("any", "cpu", "gpu", "tpu")
+PROGRESS = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Episode shapes (N-way, K-shot, Q-query) for training and for validation/test."""
+
+    train_way: int = 20
+    shot: int = 5
+    query: int = 5
+    test_way: int = 5
+    test_shot: int = 5
+    test_query: int = 15
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Snell et al.'s 4-block conv embedding; `norm_stats` picks the batch-norm statistics."""
+
+    channels: int = 64
+    norm_stats: str = "episode"  # episode: support+query of the episode; support: support only
+
+
+@dataclass(frozen=True)
+class DistanceConfig:
+    """Query-to-prototype similarity: negative squared Euclidean (eq. 1) or scaled cosine."""
+
+    name: str = "euclidean"
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the Omniglot zips are and how they are preprocessed and split."""
+
+    root: str | None = None
+    image_size: int = 32
+    split: str = "paper"
+    split_seed: int = 0
+    resize_filter: str = "antialias"
+    cache_dir: str | None = None
+    download: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training budget: epochs x episodes (the paper: 200 x 100)."""
+
+    epochs: int = 200
+    episodes_per_epoch: int = 100
+    progress: str = "auto"  # auto: a bar only when stderr is a terminal
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Fixed validation/test episodes, drawn from `seed` (independent of the training seed)."""
+
+    val_episodes: int = 1
+    test_episodes: int = 200
+    seed: int = 2021
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Gradient estimator and its update rule. Fields an estimator does not use are ignored."""
+
+    name: str = "backprop"
+    optimizer: str = "adam"
+    lr_decay_every: int = 0  # episodes between step-size decays; 0 = constant step size
+    lr_decay_factor: float = 0.5
+    weight_decay: float = 0.0  # L2 pull of mu towards 0, added to the update
+    pop_per_shard: int = 1
+    antithetic: bool = False
+    fitness_shaping: str = "zscore"
+    normalize: str = "per_shard"
+    fd_sigma: float = 1e-3
+    central: bool = False
+    eval_mode: str = "auto"
+    chunk_size: int = 0  # candidates evaluated together; 0 = automatic
+
+    @property
+    def is_es(self) -> bool:
+        return self.name != "backprop"
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Logical population shards (the paper's TPU cores) and the devices that run them."""
+
+    name: str = "cpu"
+    shards: int = 1  # 0 = one shard per device
+    platform: str = "any"
+    devices: int = 0  # devices to spread the shards over; 0 = all visible devices of the platform
+    cpu_devices: int = 0  # simulated CPU devices to create before JAX starts; 0 = leave as is
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run, validated."""
+
+    seed: int = 0
+    alpha: float = 1e-3
+    sigma: float = 0.01
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
+    distance: DistanceConfig = DistanceConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    estimator: EstimatorConfig = EstimatorConfig()
+    hardware: HardwareConfig = HardwareConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.type for f in fields(Config)}
+_SECTION_TYPES = {
+    "task": TaskConfig,
+    "model": ModelConfig,
+    "distance": DistanceConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "estimator": EstimatorConfig,
+    "hardware": HardwareConfig,
+}
+# Top-level keys that belong to other layers (Hydra, logging, sweeps) and are not part of the math.
+PASSTHROUGH_KEYS = frozenset({"hydra", "logger", "sweep", "scale", "experiment", "cluster", "wandb", "resume"})
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check one leaf value against its declared type; ints are accepted where floats are."""
+    typ = str(typ).replace("typing.", "")
+    optional = "None" in typ
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} is missing (null); set it on the command line, e.g. {key}=<value>")
+    base = typ.split("|")[0].strip()
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    raise AssertionError(f"unhandled config type {typ} for {key}")  # a bug in this module, not user input
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{name} must be a group of settings, got {values!r}")
+    declared = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {name}.{unknown[0]}; {name} has: {', '.join(sorted(declared))}"
+        )
+    kwargs = {}
+    for key, f in declared.items():
+        if key in values:
+            kwargs[key] = _coerce(f"{name}.{key}", values[key], f.type)
+    return cls(**kwargs)
+
+
+def from_mapping(raw: Mapping[str, Any]) -> Config:
+    """Build and validate a `Config` from a resolved plain mapping (e.g. OmegaConf.to_container)."""
+    unknown = sorted(set(raw) - set(_SECTIONS) - PASSTHROUGH_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]}; top-level settings are: {', '.join(sorted(_SECTIONS))}")
+    kwargs: dict[str, Any] = {}
+    for name, typ in _SECTIONS.items():
+        if name not in raw:
+            continue
+        if name in _SECTION_TYPES:
+            kwargs[name] = _build_section(name, _SECTION_TYPES[name], raw[name])
+        else:
+            kwargs[name] = _coerce(name, raw[name], typ)
+    config = Config(**kwargs)
+    validate(config)
+    return config
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not an option; choose one of: {', '.join(choices)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        rule = "at least 0" if allow_zero else "positive"
+        raise ConfigError(f"{key}={value:g} must be {rule}")
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that need no data and no JAX; raises ConfigError on the first problem."""
+    from esmeta.data.splits import split_sizes  # static sizes, no data loaded
+
+    t, d, e, h = config.task, config.data, config.estimator, config.hardware
+    _positive("alpha", config.alpha)
+    for key in ("train_way", "shot", "query", "test_way", "test_shot", "test_query"):
+        _positive(f"task.{key}", getattr(t, key))
+    if t.train_way < 2 or t.test_way < 2:
+        raise ConfigError(f"task.train_way and task.test_way must be at least 2 (got {t.train_way}, {t.test_way})")
+    for shot_key, query_key in (("shot", "query"), ("test_shot", "test_query")):
+        shot, query = getattr(t, shot_key), getattr(t, query_key)
+        if shot + query > IMAGES_PER_CLASS:
+            raise ConfigError(
+                f"task.{shot_key} + task.{query_key} = {shot} + {query} = {shot + query} exceeds the "
+                f"{IMAGES_PER_CLASS} images of an Omniglot class; lower one of them"
+            )
+    _choice("data.split", d.split, SPLITS)
+    n_train, n_val, n_test = split_sizes(d.split)
+    for key, way, n_classes, part in (
+        ("task.train_way", t.train_way, n_train, "train"),
+        ("task.test_way", t.test_way, n_test, "test"),
+        ("task.test_way", t.test_way, n_val, "val"),
+    ):
+        if way > n_classes:
+            raise ConfigError(
+                f"{key}={way} exceeds the {n_classes} {part} classes of data.split={d.split}; use at most {n_classes}"
+            )
+    if not MIN_IMAGE_SIZE <= d.image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"data.image_size={d.image_size} must be between {MIN_IMAGE_SIZE} (four 2x2 pools) and "
+            f"{MAX_IMAGE_SIZE} (the source size); the paper uses 32, Snell et al. 28"
+        )
+    _choice("data.resize_filter", d.resize_filter, RESIZE_FILTERS)
+    _positive("model.channels", config.model.channels)
+    _choice("model.norm_stats", config.model.norm_stats, NORM_STATS)
+    _choice("distance.name", config.distance.name, DISTANCES)
+    _positive("distance.scale", config.distance.scale)
+    _positive("train.epochs", config.train.epochs)
+    _positive("train.episodes_per_epoch", config.train.episodes_per_epoch)
+    _choice("train.progress", config.train.progress, PROGRESS)
+    _positive("eval.val_episodes", config.eval.val_episodes, allow_zero=True)
+    _positive("eval.test_episodes", config.eval.test_episodes)
+
+    _choice("estimator.name", e.name, ESTIMATORS)
+    _choice("estimator.optimizer", e.optimizer, OPTIMIZERS)
+    _positive("estimator.lr_decay_every", e.lr_decay_every, allow_zero=True)
+    _positive("estimator.lr_decay_factor", e.lr_decay_factor)
+    _positive("estimator.weight_decay", e.weight_decay, allow_zero=True)
+    _choice("estimator.fitness_shaping", e.fitness_shaping, FITNESS_SHAPINGS)
+    _choice("estimator.normalize", e.normalize, NORMALIZATIONS)
+    _choice("estimator.eval_mode", e.eval_mode, EVAL_MODES)
+    _positive("estimator.chunk_size", e.chunk_size, allow_zero=True)
+    if e.is_es:
+        _positive("estimator.pop_per_shard", e.pop_per_shard)
+    if e.name == "wsr":
+        _positive("sigma", config.sigma)
+        if e.antithetic and e.pop_per_shard % 2:
+            raise ConfigError(
+                f"estimator.antithetic=true needs an even estimator.pop_per_shard (mirrored pairs), got {e.pop_per_shard}"
+            )
+        if e.pop_per_shard < 2 and e.normalize == "per_shard":
+            raise ConfigError(
+                "estimator.pop_per_shard must be at least 2 to z-score fitnesses within a shard; "
+                "raise it or set estimator.normalize=global"
+            )
+    if e.name == "finite_diff":
+        _positive("estimator.fd_sigma", e.fd_sigma)
+
+    _positive("hardware.shards", h.shards, allow_zero=True)
+    _choice("hardware.platform", h.platform, PLATFORMS)
+    _positive("hardware.devices", h.devices, allow_zero=True)
+    _positive("hardware.cpu_devices", h.cpu_devices, allow_zero=True)

@@ -1,0 +1,50 @@
+"""Omniglot data: loading and caching, class splits, and on-device episode sampling."""
+
+from esmeta.data.episodes import (
+    Episode,
+    episode_labels,
+    fixed_episode_keys,
+    sample_episode,
+    sample_episode_indices,
+    to_float,
+)
+from esmeta.data.omniglot import (
+    EXPECTED_CHARACTERS,
+    NUM_IMAGES_PER_CLASS,
+    UPSTREAM_MD5,
+    UPSTREAM_URL,
+    ZIP_NAMES,
+    Omniglot,
+    cache_file,
+    check_zip,
+    default_cache_dir,
+    default_data_root,
+    load_omniglot,
+    locate_zips,
+)
+from esmeta.data.splits import PAPER_SPLIT_SIZES, SPLITS, split_classes, split_sizes
+
+__all__ = [
+    "EXPECTED_CHARACTERS",
+    "NUM_IMAGES_PER_CLASS",
+    "PAPER_SPLIT_SIZES",
+    "SPLITS",
+    "UPSTREAM_MD5",
+    "UPSTREAM_URL",
+    "ZIP_NAMES",
+    "Episode",
+    "Omniglot",
+    "cache_file",
+    "check_zip",
+    "default_cache_dir",
+    "default_data_root",
+    "episode_labels",
+    "fixed_episode_keys",
+    "load_omniglot",
+    "locate_zips",
+    "sample_episode",
+    "sample_episode_indices",
+    "split_classes",
+    "split_sizes",
+    "to_float",
+]

@@ -1,0 +1,13 @@
+"""User-facing errors: each is reported as one line and exit status 2, never a traceback."""
+
+
+class EsmetaError(Exception):
+    """Bad input from the user (config, data, overrides); the message says what and how to fix it."""
+
+
+class ConfigError(EsmetaError):
+    """An invalid or inconsistent configuration value."""
+
+
+class DataError(EsmetaError):
+    """Missing, unreadable or corrupt data files."""

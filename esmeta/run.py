@@ -1,0 +1,172 @@
+"""Command-line entry point: `python -m esmeta.run [overrides]` (add `-m` for a Hydra multirun).
+
+Before Hydra starts, the overrides are composed and validated (each value of a sweep too), so bad
+input costs one line and exit status 2 instead of a traceback or a half-launched sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from esmeta.config import Config, from_mapping
+from esmeta.errors import ConfigError, EsmetaError
+
+CONFIG_MODULE = "esmeta.conf"
+CONFIG_NAME = "config"
+USAGE_HINT = "see `python -m esmeta.run --help`"
+
+
+def fail(message: str) -> None:
+    """The one way bad input ends a command: one line on stderr, exit status 2."""
+    print(f"esmeta: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def config_from_omegaconf(cfg: DictConfig) -> Config:
+    """Resolve interpolations and validate into a typed `Config`."""
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an unresolvable interpolation, e.g. a typo in ${...}
+        raise ConfigError(f"cannot resolve the configuration: {_first_line(e)}") from None
+    raw.pop("hydra", None)
+    return from_mapping(raw)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _hydra_error_message(e: Exception) -> str:
+    """Condense Hydra's multi-line composition errors into one actionable line."""
+    from hydra.errors import MissingConfigException
+
+    text = " ".join(str(e).split())
+    if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        return f"{group}={name} is not an option; choose one of: {', '.join(sorted(e.options))}"
+    if "Could not override" in text or "not in struct" in text:
+        key = text.split("'")[1] if "'" in text else "?"
+        return f"unknown setting {key}; {USAGE_HINT} for the settings there are (or prefix + to add a new key)"
+    return f"{text}; {USAGE_HINT}"
+
+
+def _override_variants(overrides: Sequence[str]) -> list[list[str]]:
+    """Override lists that cover every value of every sweep: the first values, then one change at a time."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    firsts, options = [], []
+    for o in parsed:
+        if o.is_sweep_override():
+            values = [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        else:
+            values = [o.input_line]
+        firsts.append(values[0])
+        options.append(values)
+    variants = [firsts]
+    for i, values in enumerate(options):
+        for v in values[1:]:
+            variants.append(firsts[:i] + [v] + firsts[i + 1 :])
+    return variants
+
+
+def _output_dir(hydra_cfg: Any, multirun: bool) -> Path:
+    return Path(str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir))
+
+
+def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Config]:
+    """Compose and validate every configuration the overrides describe; raise ConfigError on the first bad one."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException, OverrideParseException
+
+    from esmeta.results import ensure_writable_dir
+
+    try:
+        variants = _override_variants(overrides)
+    except OverrideParseException as e:
+        raise ConfigError(f"cannot parse the overrides: {_first_line(e)}") from None
+    configs = []
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        for variant in variants:
+            try:
+                cfg = compose(CONFIG_NAME, overrides=variant, return_hydra_config=True)
+            except HydraException as e:
+                raise ConfigError(_hydra_error_message(e)) from None
+            except Exception as e:  # omegaconf errors (wrong types on typed nodes, bad keys)
+                raise ConfigError(_hydra_error_message(e)) from None
+            multirun = multirun or str(cfg.hydra.get("mode")).endswith("MULTIRUN")  # a stored sweep sets it
+            out = _output_dir(cfg.hydra, multirun)
+            job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+            configs.append(config_from_omegaconf(job))
+    ensure_writable_dir(out, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    return configs
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
+def _job(cfg: DictConfig) -> float | None:
+    """One Hydra job: validate, train, report. Returns the test accuracy (for sweepers)."""
+    from esmeta.results import RunDir
+    from esmeta.train import train
+
+    logging.getLogger("jax").setLevel(logging.WARNING)  # Hydra logs INFO; JAX's backend probing is noise
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    extra = {"overrides": list(hc.overrides.task), "job_name": hc.job.name}
+    try:
+        config = config_from_omegaconf(cfg)
+    except EsmetaError as e:
+        fail(str(e))
+    try:
+        summary = train(config, run_dir, extra)
+    except EsmetaError as e:
+        fail(str(e))
+    except Exception as e:
+        RunDir(run_dir).finish(
+            {"status": "failed", "error": f"{type(e).__name__}: {e}", "config": config.to_dict(), **extra}
+        )
+        traceback.print_exc()
+        raise
+    print(
+        f"[{summary['status']}] {summary['estimator']}: test accuracy {summary['test_accuracy']:.4f} "
+        f"± {summary['test_accuracy_std']:.4f} ({config.task.test_way}-way {config.task.test_shot}-shot, "
+        f"{summary['test_episodes']} episodes) -> {run_dir}"
+    )
+    return summary["test_accuracy"]
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun?, other flags?) from the command line.
+
+    Any flag other than -m/--multirun (--help, --cfg job, --info, ...) goes to Hydra unchecked.
+    """
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    flags = [a for a in argv if a.startswith("-") and a not in ("-m", "--multirun")]
+    overrides = [a for a in argv if not a.startswith("-")]
+    return overrides, multirun, bool(flags)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, multirun, passthrough = _split_argv(argv)
+    if not passthrough:
+        try:
+            check_overrides(overrides, multirun)
+        except EsmetaError as e:
+            fail(str(e))
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    sys.argv = [sys.argv[0], *argv]
+    _job()
+
+
+if __name__ == "__main__":
+    main()

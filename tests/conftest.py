@@ -1,0 +1,48 @@
+"""Shared fixtures: the Omniglot zips (from $ESMETA_DATA_DIR), a private cache dir, a 32px dataset."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from esmeta.data.omniglot import ZIP_NAMES, Omniglot, load_omniglot
+
+
+@pytest.fixture(scope="session", autouse=True)
+def esmeta_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point ESMETA_CACHE_DIR at a session temp dir (unless the caller set it) so tests never write the user's cache."""
+    preset = os.environ.get("ESMETA_CACHE_DIR")
+    if preset:
+        yield Path(preset)
+        return
+    path = tmp_path_factory.mktemp("esmeta_cache")
+    os.environ["ESMETA_CACHE_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ.pop("ESMETA_CACHE_DIR", None)
+
+
+@pytest.fixture(scope="session")
+def omniglot_root() -> Path:
+    """Folder with the official Omniglot zips, from $ESMETA_DATA_DIR; skip (or fail if ESMETA_REQUIRE_DATA=1) without it."""
+    env = os.environ.get("ESMETA_DATA_DIR")
+    root = Path(env) if env else None
+    if root is None or not all((root / name).is_file() for name in ZIP_NAMES):
+        problem = (
+            "ESMETA_DATA_DIR is not set" if root is None else f"ESMETA_DATA_DIR={root} lacks {' or '.join(ZIP_NAMES)}"
+        )
+        message = f"{problem}; set ESMETA_DATA_DIR to a folder holding the official Omniglot zips to run the data tests"
+        if os.environ.get("ESMETA_REQUIRE_DATA") == "1":
+            pytest.fail(message + " (ESMETA_REQUIRE_DATA=1)")
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def omniglot32(omniglot_root: Path, esmeta_cache_dir: Path) -> Omniglot:
+    """All 6492 classes at 32x32 with the antialias filter, preprocessed once per session."""
+    return load_omniglot(omniglot_root, image_size=32, resize_filter="antialias", download=False)

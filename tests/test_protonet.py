@@ -1,0 +1,110 @@
+"""ProtoNet: distances and loss against NumPy references, embedding shapes, batch-norm policy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from esmeta.data.episodes import Episode
+from esmeta.protonet import (
+    embed,
+    episode_logits,
+    init_params,
+    loss_and_accuracy,
+    num_params,
+    prototypes,
+    similarity,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def numpy_euclidean(q, c):
+    return -np.array([[np.sum((qi - cj) ** 2) for cj in c] for qi in q])
+
+
+def numpy_cosine(q, c, scale):
+    return scale * np.array(
+        [[qi @ cj / (np.linalg.norm(qi) * np.linalg.norm(cj)) for cj in c] for qi in q]
+    )
+
+
+def test_euclidean_is_negative_squared_distance():
+    q, c = RNG.normal(size=(7, 12)), RNG.normal(size=(4, 12))
+    got = similarity(jnp.asarray(q, jnp.float32), jnp.asarray(c, jnp.float32), "euclidean")
+    np.testing.assert_allclose(got, numpy_euclidean(q, c), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_cosine_is_scaled_cosine_similarity(scale):
+    q, c = RNG.normal(size=(7, 12)), RNG.normal(size=(4, 12))
+    got = similarity(jnp.asarray(q, jnp.float32), jnp.asarray(c, jnp.float32), "cosine", scale)
+    np.testing.assert_allclose(got, numpy_cosine(q, c, scale), rtol=1e-5, atol=1e-5)
+
+
+def test_prototypes_are_class_means_of_class_major_support():
+    z = RNG.normal(size=(3 * 4, 5)).astype(np.float32)  # 3 classes x 4 shots
+    expected = np.stack([z[k * 4 : (k + 1) * 4].mean(0) for k in range(3)])
+    np.testing.assert_allclose(prototypes(jnp.asarray(z), 3), expected, rtol=1e-6)
+
+
+def _episode(way=3, shot=2, query=2, size=16, seed=1):
+    r = np.random.default_rng(seed)
+    return Episode(
+        support=jnp.asarray(r.random((way * shot, size, size, 1)), jnp.float32),
+        query=jnp.asarray(r.random((way * query, size, size, 1)), jnp.float32),
+    )
+
+
+def test_loss_is_cross_entropy_of_softmax_over_similarities():
+    ep = _episode()
+    params = init_params(jax.random.key(0), 4, 16)
+    kw = dict(way=3, channels=4, distance="euclidean", scale=1.0, norm_stats="episode")
+    logits = np.asarray(episode_logits(params, ep, **kw), np.float64)
+    labels = np.repeat(np.arange(3), 2)
+    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(
+        1, keepdims=True
+    )
+    expected_loss = -np.mean(log_p[np.arange(len(labels)), labels])
+    expected_acc = np.mean(logits.argmax(1) == labels)
+    loss, acc = loss_and_accuracy(params, ep, **kw)
+    np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5)
+    assert float(acc) == pytest.approx(expected_acc)
+
+
+@pytest.mark.parametrize("size,dim", [(32, 2 * 2 * 8), (28, 1 * 1 * 8)])
+def test_embedding_size_follows_four_pools(size, dim):
+    params = init_params(jax.random.key(0), 8, size)
+    z = embed(params, jnp.zeros((3, size, size, 1)), 8)
+    assert z.shape == (3, dim)
+
+
+def test_parameter_count_of_snell_architecture():
+    # conv1: 9*1*c + c; conv2-4: 9*c*c + c each; 4 batch norms: 2c each.
+    for c in (16, 64):
+        expected = (9 * c + c) + 3 * (9 * c * c + c) + 4 * 2 * c
+        assert num_params(init_params(jax.random.key(0), c, 32)) == expected
+
+
+def test_batch_norm_uses_the_episode_statistics_not_running_averages():
+    """Scaling every image of an episode by the same factor leaves the logits unchanged.
+
+    The first conv is linear up to its bias, and normalizing with the batch's own mean and variance
+    removes the factor (up to BN's epsilon); running averages would not.
+    """
+    ep = _episode()
+    params = init_params(jax.random.key(0), 4, 16)
+    kw = dict(way=3, channels=4, distance="euclidean", scale=1.0, norm_stats="episode")
+    shifted = Episode(ep.support * 3.0, ep.query * 3.0)
+    np.testing.assert_allclose(episode_logits(params, ep, **kw), episode_logits(params, shifted, **kw), rtol=1e-3, atol=1e-3)
+
+
+def test_support_statistics_make_queries_independent_of_each_other():
+    """With norm_stats=support, changing one query image leaves the other queries' logits unchanged."""
+    ep = _episode()
+    params = init_params(jax.random.key(0), 4, 16)
+    changed = Episode(ep.support, ep.query.at[0].set(1.0 - ep.query[0]))
+    for norm_stats, independent in (("support", True), ("episode", False)):
+        kw = dict(way=3, channels=4, distance="euclidean", scale=1.0, norm_stats=norm_stats)
+        a, b = episode_logits(params, ep, **kw)[1:], episode_logits(params, changed, **kw)[1:]
+        assert bool(jnp.allclose(a, b, rtol=1e-5, atol=1e-5)) == independent

@@ -1,0 +1,162 @@
+"""The real command line: a tiny training run, a two-job multirun, load_run, and bad input end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import esmeta
+from esmeta.data import sample_episode, split_classes
+from esmeta.protonet import loss_and_accuracy, prototypes, similarity
+from esmeta.results import read_metrics, read_summary
+
+TINY = [
+    "task.train_way=5",
+    "task.shot=1",
+    "task.query=2",
+    "task.test_query=5",
+    "model.channels=8",
+    "train.epochs=3",
+    "train.episodes_per_epoch=20",
+    "eval.val_episodes=4",
+    "eval.test_episodes=20",
+]
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "esmeta.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, omniglot_root, omniglot32) -> Path:
+    """One tiny backprop run through the CLI (data preprocessed once by the omniglot32 fixture)."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    proc = run_cli(*TINY, f"hydra.run.dir={out}", cwd=tmp_path_factory.mktemp("cwd"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_tiny_run_writes_a_complete_sane_summary(tiny_run):
+    assert (tiny_run / "done").exists()
+    s = read_summary(tiny_run)
+    assert s["status"] == "completed"
+    assert s["estimator"] == "backprop" and s["test_episodes"] == 20 and s["episodes"] == 60
+    # 5-way test: chance is 0.2; even 60 episodes of training put an 8-channel ProtoNet far above it.
+    assert 0.5 < s["test_accuracy"] <= 1.0
+    assert 0 <= s["test_accuracy_std"] < 0.5
+    assert s["test_accuracy_ci95"] == pytest.approx(1.96 * s["test_accuracy_std"] / np.sqrt(20))
+    assert 0.2 < s["best_val_accuracy"] <= 1.0
+    assert s["num_params"] == (9 * 8 + 8) + 3 * (9 * 64 + 8) + 4 * 16
+    assert s["config"]["model"]["channels"] == 8 and s["config"]["task"]["test_shot"] == 1
+    assert s["versions"]["jax"] and s["backend"] == "cpu" and s["wall_time_s"] > 0
+    assert "model.channels=8" in s["overrides"]
+
+
+def test_tiny_run_logs_one_line_per_epoch(tiny_run):
+    lines = list(read_metrics(tiny_run))
+    assert [m["episode"] for m in lines] == [20, 40, 60]
+    for m in lines:
+        assert np.isfinite(m["train/loss"]) and 0 <= m["train/accuracy"] <= 1 and 0 <= m["val/accuracy"] <= 1
+    assert lines[-1]["wall_time_s"] > lines[0]["wall_time_s"]
+    # Training lowers the loss: last epoch's mean below the first's (5-way, 1-shot: from ~1 nat).
+    assert lines[-1]["train/loss"] < lines[0]["train/loss"]
+
+
+def test_load_run_embeds_like_training(tiny_run, omniglot32):
+    """Prototypes from `load_run(...).embed` classify a test episode exactly as the training loss does."""
+    run = esmeta.load_run(tiny_run)
+    assert run.config.model.channels == 8
+    split = split_classes(omniglot32.class_names, run.config.data.split, run.config.data.split_seed)
+    images = jnp.asarray(omniglot32.images[split["test"]])
+    ep = sample_episode(jax.random.key(7), images, 5, 1, 5)
+    z = run.embed(jnp.concatenate([ep.support, ep.query]))
+    assert z.shape == (5 + 25, 2 * 2 * 8)
+    logits = similarity(z[5:], prototypes(z[:5], 5), "euclidean")
+    acc = float(jnp.mean(jnp.argmax(logits, 1) == jnp.repeat(jnp.arange(5), 5)))
+    _, expected = loss_and_accuracy(
+        run.params, ep, way=5, channels=8, distance="euclidean", scale=1.0, norm_stats="episode"
+    )
+    assert acc == pytest.approx(float(expected))
+    # uint8 images straight from the preprocessed array are accepted too.
+    uint8 = omniglot32.images[split["test"][:3], 0]
+    assert run.embed(uint8).shape == (3, 32)
+
+
+def test_two_job_multirun(tmp_path, omniglot32):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", *TINY, "train.epochs=1", "task.shot=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [read_summary(p.parent) for p in sorted(sweep.glob("*/done"))]
+    assert len(summaries) == 2
+    assert sorted(s["config"]["task"]["shot"] for s in summaries) == [1, 2]
+    assert all(s["status"] == "completed" for s in summaries)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("esmeta: error: ")
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["estimator=bogus"], "estimator=bogus is not an option; choose one of: backprop"),
+        (["task.train_way=5000"], "task.train_way=5000 exceeds the 4804 train classes"),
+        (["task.wya=3"], "unknown setting task.wya"),
+    ],
+)
+def test_cli_bad_overrides_exit_2_with_one_line(tmp_path, overrides, fragment):
+    proc = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_cli_bad_sweep_value_launches_nothing(tmp_path):
+    proc = run_cli("-m", "task.shot=1,25", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert_one_line_error(proc, "task.shot + task.query = 25 + 5")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_cli_missing_data_says_where_it_looked(tmp_path):
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    out = tmp_path / "out"
+    proc = run_cli(*TINY, f"data.root={empty}", "data.download=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert_one_line_error(proc, str(empty), "ESMETA_DATA_DIR")
+    assert not (out / "summary.json").exists() and not (out / "done").exists()
+
+
+def test_cli_corrupt_zip_is_reported(tmp_path, omniglot_root):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "images_background.zip").write_bytes(b"this is not a zip file")
+    with zipfile.ZipFile(bad / "images_evaluation.zip", "w") as z:
+        z.writestr("images_evaluation/Alphabet/character01/0001_01.png", b"")
+    proc = run_cli(*TINY, f"data.root={bad}", "data.download=false", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert_one_line_error(proc, "images_background.zip")
+    assert not (tmp_path / "out" / "done").exists()
+
+
+def test_cli_help_lists_config_groups(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for group in ("estimator:", "distance:", "task:", "model:", "data:", "hardware:", "experiment:"):
+        assert group in proc.stdout
+    assert "backprop" in proc.stdout and "20way_5shot" in proc.stdout and "quickstart" in proc.stdout
