@@ -77,6 +77,7 @@ class TrainConfig:
 
     epochs: int = 200
     episodes_per_epoch: int = 100
+    max_minutes: float = 0.0  # wall-clock budget, checked after each epoch; 0 = none
     progress: str = "auto"  # auto: a bar only when stderr is a terminal
 
 
@@ -273,6 +274,7 @@ def validate(config: Config) -> None:
     _positive("distance.scale", config.distance.scale)
     _positive("train.epochs", config.train.epochs)
     _positive("train.episodes_per_epoch", config.train.episodes_per_epoch)
+    _positive("train.max_minutes", config.train.max_minutes, allow_zero=True)
     _choice("train.progress", config.train.progress, PROGRESS)
     _positive("eval.val_episodes", config.eval.val_episodes, allow_zero=True)
     _positive("eval.test_episodes", config.eval.test_episodes)

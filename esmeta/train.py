@@ -146,7 +146,12 @@ class Progress:
 def _mean_metrics(step_metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
     """Average per-step device metrics over a logging window (one host transfer)."""
     host = jax.device_get(step_metrics)
-    return {k: float(np.nanmean([m[k] for m in host])) for k in host[0]}
+    out = {}
+    for k in host[0]:
+        values = np.asarray([m[k] for m in host], np.float64)
+        finite = values[np.isfinite(values)]
+        out[k] = float(finite.mean()) if finite.size else float("nan")  # nan: no finite step in the window
+    return out
 
 
 def train(config: Config, run_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -182,6 +187,7 @@ def train(config: Config, run_dir: str | Path, extra: dict[str, Any] | None = No
     ) if config.eval.val_episodes else None
 
     status, best_val, val_acc = "completed", float("nan"), float("nan")
+    stopped_by_budget = False
     total = config.train.epochs * config.train.episodes_per_epoch
     progress = Progress(total, config.train.progress)
     try:
@@ -210,6 +216,9 @@ def train(config: Config, run_dir: str | Path, extra: dict[str, Any] | None = No
                 # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.
                 status = "collapsed"
                 break
+            if config.train.max_minutes and time.perf_counter() - start > 60 * config.train.max_minutes:
+                stopped_by_budget = epoch + 1 < config.train.epochs
+                break
     finally:
         progress.close()
 
@@ -223,6 +232,7 @@ def train(config: Config, run_dir: str | Path, extra: dict[str, Any] | None = No
         "best_val_accuracy": best_val,
         "final_val_accuracy": val_acc,
         "episodes": step + 1,
+        "stopped_by_budget": stopped_by_budget,
         "wall_time_s": time.perf_counter() - start,
         "num_params": n_params,
         "estimator": e.name,

@@ -1,0 +1,53 @@
+"""Shared types and helpers of the gradient estimators.
+
+An estimator is `estimate(key, params, batch) -> (g, metrics)`: `g` has the structure of `params`
+and is the ASCENT direction on the fitness F = -loss (the training loop hands -g to optax).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Params = Any  # a pytree of float32 arrays
+Batch = Any  # whatever the loss takes as its second argument (an Episode for the ProtoNet)
+LossFn = Callable[[Params, Batch], jax.Array]  # pure scalar loss, jittable
+EstimateFn = Callable[[jax.Array, Params, Batch], tuple[Params, dict[str, jax.Array]]]
+
+AXIS = "shards"  # the one mesh axis; every collective reduces over it
+
+
+def fitness_from_loss(loss: jax.Array) -> jax.Array:
+    """F = -loss: the one place where the sign between loss and fitness is fixed."""
+    return -loss
+
+
+def tree_norm(tree: Params) -> jax.Array:
+    """Euclidean norm of a pytree, as float32."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def population_metrics(fitness: jax.Array, axis_name: str | None) -> dict[str, jax.Array]:
+    """`fitness_mean/std/max` of the finite fitnesses of every shard, and the `nonfinite` count.
+
+    Reduces scalars over `axis_name` (None = no mesh), never the fitness vectors themselves.
+    """
+    psum = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
+    valid = jnp.isfinite(fitness)
+    f = jnp.where(valid, fitness, 0.0)
+    count = psum(jnp.sum(valid).astype(jnp.float32))
+    safe = jnp.maximum(count, 1.0)
+    mean = psum(jnp.sum(f)) / safe
+    var = psum(jnp.sum(jnp.where(valid, jnp.square(f - mean), 0.0))) / safe
+    best = jnp.max(jnp.where(valid, fitness, -jnp.inf))
+    if axis_name:
+        best = jax.lax.pmax(best, axis_name)
+    nan = jnp.float32(jnp.nan)  # no finite fitness at all: the statistics are undefined
+    return {
+        "fitness_mean": jnp.where(count > 0, mean, nan).astype(jnp.float32),
+        "fitness_std": jnp.where(count > 0, jnp.sqrt(var), nan).astype(jnp.float32),
+        "fitness_max": jnp.where(count > 0, best, nan).astype(jnp.float32),
+        "nonfinite": psum(jnp.sum(~valid).astype(jnp.float32)),
+    }

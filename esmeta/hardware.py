@@ -1,0 +1,62 @@
+"""Backend set-up and the 1-D device mesh over which the population shards run (Sheng & He Sec. III.A).
+
+The paper partitions the population over TPU cores, one shard per core. Here `hardware.shards`
+logical shards are spread evenly over the devices in use, so 8 shards give the same estimate on
+one CPU, 8 simulated CPU devices or a v3-8.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from esmeta.config import HardwareConfig
+from esmeta.errors import ConfigError
+from esmeta.estimators.base import AXIS
+
+
+def configure_backend(hw: HardwareConfig) -> None:
+    """Create `hw.cpu_devices` simulated CPU devices; call before the first JAX operation."""
+    if hw.cpu_devices <= 0:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", hw.cpu_devices)
+    except RuntimeError:  # the backend already started (e.g. an earlier job of a single-process multirun)
+        have = len(jax.devices("cpu"))
+        if have != hw.cpu_devices:
+            raise ConfigError(
+                f"hardware.cpu_devices={hw.cpu_devices} but JAX already started with {have} CPU devices in this "
+                "process; run one process per job (hydra/launcher=submitit_local)"
+            ) from None
+
+
+def _platform_devices(platform: str) -> list:
+    if platform == "any":
+        return jax.devices()
+    try:
+        return jax.devices(platform)
+    except RuntimeError:
+        found = ", ".join(sorted({d.platform for d in jax.devices()}))
+        raise ConfigError(
+            f"hardware.platform={platform} but JAX sees no {platform} devices (found: {found}); "
+            "pick another hardware= preset or platform=any"
+        ) from None
+
+
+def make_mesh(hw: HardwareConfig) -> tuple[Mesh, int]:
+    """(1-D mesh with axis "shards" over the devices used, number of logical shards)."""
+    available = _platform_devices(hw.platform)
+    if hw.devices > len(available):
+        raise ConfigError(
+            f"hardware.devices={hw.devices} exceeds the {len(available)} {available[0].platform} devices "
+            f"available; use at most {len(available)} (0 = all)"
+        )
+    devices = available[: hw.devices or len(available)]
+    shards = hw.shards or len(devices)
+    if shards % len(devices):
+        raise ConfigError(
+            f"hardware.shards={shards} does not divide evenly over {len(devices)} devices; "
+            f"use a multiple of {len(devices)} or set hardware.devices to a divisor of {shards}"
+        )
+    return Mesh(np.array(devices), (AXIS,)), shards

@@ -1,0 +1,78 @@
+"""Training driver pieces: the update rule's sign and schedule, evaluation statistics, fixed episodes, collapse."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from esmeta.config import EstimatorConfig
+from esmeta.run import check_overrides
+from esmeta.train import accuracy_stats, episode_keys, make_optimizer, train
+
+
+def test_sgd_is_the_papers_plain_ascent():
+    """The loop hands -g to optax, so sgd gives mu <- mu + alpha * g (paper's update)."""
+    opt = make_optimizer(0.5, EstimatorConfig(name="wsr", optimizer="sgd", lr_decay_every=0))
+    mu = {"w": jnp.array([1.0, -2.0])}
+    g = {"w": jnp.array([0.2, 0.4])}
+    updates, _ = opt.update(jax.tree.map(jnp.negative, g), opt.init(mu), mu)
+    np.testing.assert_allclose(optax.apply_updates(mu, updates)["w"], [1.1, -1.8], rtol=1e-6)
+
+
+def test_backprop_step_size_halves_every_2000_episodes():
+    est = EstimatorConfig(name="backprop", optimizer="sgd", lr_decay_every=2000, lr_decay_factor=0.5)
+    opt = make_optimizer(1.0, est)
+    mu = {"w": jnp.zeros(())}
+    state = opt.init(mu)
+    steps = []
+    for i in range(4001):
+        updates, state = opt.update({"w": jnp.float32(-1.0)}, state, mu)
+        if i in (0, 1999, 2000, 3999, 4000):
+            steps.append(float(updates["w"]))
+    assert steps == [1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_weight_decay_pulls_mu_towards_zero():
+    opt = make_optimizer(0.1, EstimatorConfig(name="wsr", optimizer="sgd", weight_decay=0.5))
+    mu = {"w": jnp.array([2.0])}
+    updates, _ = opt.update({"w": jnp.zeros(1)}, opt.init(mu), mu)  # no gradient: decay alone
+    np.testing.assert_allclose(optax.apply_updates(mu, updates)["w"], [2.0 - 0.1 * 0.5 * 2.0], rtol=1e-6)
+
+
+def test_accuracy_stats_mean_sample_std_and_ci():
+    acc = np.array([1.0, 0.8, 0.6, 1.0])
+    s = accuracy_stats(acc)
+    assert s["test_accuracy"] == pytest.approx(0.85)
+    assert s["test_accuracy_std"] == pytest.approx(np.std(acc, ddof=1))
+    assert s["test_accuracy_ci95"] == pytest.approx(1.96 * np.std(acc, ddof=1) / 2)
+    assert s["test_episodes"] == 4
+
+
+def test_fixed_episodes_are_a_prefix_whatever_their_number():
+    """The first k test episodes are the same whether a run asks for k or for more."""
+    key = jax.random.key(2021)
+    a, b = episode_keys(key, 5), episode_keys(key, 200)
+    assert bool(jnp.all(jax.random.key_data(a) == jax.random.key_data(b[:5])))
+    assert len({tuple(np.asarray(jax.random.key_data(k))) for k in b}) == 200
+
+
+TINY = [
+    "task.train_way=5", "task.shot=1", "task.query=2", "task.test_query=3", "model.channels=4",
+    "train.epochs=3", "train.episodes_per_epoch=3", "eval.val_episodes=1", "eval.test_episodes=5",
+]
+
+
+def test_exploding_updates_end_as_collapsed_not_a_crash(tmp_path, omniglot32):
+    (config,) = check_overrides([*TINY, "estimator.optimizer=sgd", "estimator.lr_decay_every=0", "alpha=1e30"])
+    summary = train(config, tmp_path / "run")
+    assert summary["status"] == "collapsed"
+    assert summary["episodes"] < 9  # stopped at the first non-finite epoch
+    assert (tmp_path / "run" / "done").exists()
+
+
+def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path, omniglot32):
+    (config,) = check_overrides([*TINY, "train.epochs=50", "train.max_minutes=1e-6"])
+    summary = train(config, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["stopped_by_budget"] is True
+    assert summary["episodes"] == 3  # one epoch
