@@ -30,8 +30,4 @@ def make_estimator(
     """The jittable `estimate(key, params, batch) -> (ascent direction g, metrics)` named by `config.name`."""
     if config.name not in ESTIMATORS:
         raise ConfigError(f"estimator.name={config.name!r} is not an option; choose one of: {', '.join(ESTIMATORS)}")
-    if config.name == "wsr" and config.antithetic and config.pop_per_shard % 2:
-        raise ConfigError(
-            f"estimator.antithetic=true needs an even estimator.pop_per_shard (mirrored pairs), got {config.pop_per_shard}"
-        )
     return ESTIMATORS[config.name](config, sigma, loss_fn, mesh, shards)

@@ -30,7 +30,7 @@ def tree_norm(tree: Params) -> jax.Array:
 
 
 def population_metrics(fitness: jax.Array, axis_name: str | None) -> dict[str, jax.Array]:
-    """`fitness_mean/std/max` of the finite fitnesses of every shard, and the `nonfinite` count.
+    """`fitness_mean/std/max` (std with ddof=0) of the finite fitnesses of every shard, and the `nonfinite` count.
 
     Reduces scalars over `axis_name` (None = no mesh), never the fitness vectors themselves.
     """

@@ -2,13 +2,15 @@
 
 Candidate 0 of a shard is mu; candidate j nudges one coordinate c_j of the flattened parameters by
 sigma_FD, and g[c_j] = (F_j - F_0) / sigma_FD (`central`: (F(+h) - F(-h)) / 2h, no mu candidate).
+Each shard evaluates its own mu (no fitness crosses shards): shards x (pop_per_shard + 1) passes a step.
 The population (pop_per_shard x shards) probes all coordinates once when it is at least the parameter
 count (the paper's "population = parameters + 1"; spare probes are evaluated and ignored), otherwise
 a fresh random subset of distinct coordinates each step, unscaled (randomized coordinate steps).
 Shards probe disjoint coordinates and their sparse estimates are SUMMED, so g is the finite-difference
 gradient on the probed coordinates whatever the shard count (equal to jax.grad up to O(h) when all
-are probed). The paper's mean all-reduce of these disjoint vectors is this sum / shards, a constant
-factor: a paper step size alpha_paper with the mean corresponds to alpha = alpha_paper / shards here.
+are probed), which is what the paper says FD computes ("the partial derivative ... with respect to
+every parameter"). The paper's mean all-reduce of these disjoint vectors is this sum / shards, a
+constant factor: a paper step size alpha_paper with the mean corresponds to alpha_paper / shards here.
 Forward passes run at full float32 precision: TF32/bf16 matmuls would drown a 1e-3 difference.
 """
 

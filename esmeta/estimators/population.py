@@ -115,7 +115,7 @@ def run_sharded(local: Callable, mesh: Mesh | None, shards: int) -> EstimateFn:
     Without a mesh all `shards` run on the default device, with the same candidates and reductions.
     """
     if shards <= 0:
-        raise ConfigError(f"hardware.shards={shards} must be positive once resolved (make_mesh turns 0 into the device count)")
+        raise ConfigError(f"hardware.shards={shards} must be positive here (make_mesh turns 0 into the device count)")
     if mesh is None:
         where = LocalShards(jnp.arange(shards), jax.default_backend(), None)
         return lambda key, params, batch: local(key, params, batch, where)

@@ -3,8 +3,8 @@
     g = mean_s g_s,   g_s = (1/n) sum_i z_i eps_i,   eps_i = sigma * n_i,  n_i ~ N(0, I),
     z_i = (F(mu + eps_i) - mean F) / (std F + 1e-8)   (or centered ranks in [-0.5, 0.5]).
 
-As the paper writes it, eps includes sigma, so g ~ sigma * grad F / |grad F|-ish: it is sigma^2 times
-OpenAI-ES's (1/(n sigma)) sum_i z_i n_i form; the step size alpha absorbs the difference.
+As the paper writes it, eps includes sigma: g is sigma^2 times OpenAI-ES's (1/(n sigma)) sum_i z_i n_i,
+and since z-scores remove F's scale, g ~ sigma * grad F / |grad F| for small sigma (|g| ~ sigma).
 Shards (the paper's TPU cores) z-score their own population and the step averages their g_s (the
 all-reduce); `normalize="global"` z-scores the whole population instead. Candidate i's noise comes
 from fold_in(key, i), so any device count gives the same candidates; with `antithetic`, odd i mirrors i-1.
@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from esmeta.config import EstimatorConfig
 from esmeta.estimators import population
-from esmeta.estimators.base import AXIS, Batch, EstimateFn, LossFn, Params, fitness_from_loss, tree_norm
+from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_from_loss, tree_norm
 from esmeta.estimators.population import LocalShards, run_sharded
 
 
