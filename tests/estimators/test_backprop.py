@@ -8,35 +8,16 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from esmeta.config import EstimatorConfig
-from esmeta.data.episodes import Episode
 from esmeta.estimators import fitness_from_loss, make_estimator
-from esmeta.protonet import init_params, make_loss_fn
-
-
-def tiny_protonet(channels: int):
-    """(loss, mu, episode): a 3-way 2-shot 2-query episode of random 16x16 images, mu shaped by init_params.
-
-    Built from numpy (no init/sampling compilation): conv kernels ~ N(0, 1/fan_in), vectors ~ 1 + N(0, 0.01).
-    """
-    rng = np.random.default_rng(1)
-    episode = Episode(rng.random((6, 16, 16, 1), np.float32), rng.random((6, 16, 16, 1), np.float32))
-    shapes = jax.eval_shape(lambda key: init_params(key, channels, 16), jax.random.key(0))
-    params = jax.tree.map(
-        lambda s: jnp.asarray(
-            rng.normal(0.0, 1.0 / np.sqrt(np.prod(s.shape[:-1])), s.shape) if len(s.shape) > 1
-            else 1.0 + 0.1 * rng.normal(size=s.shape), jnp.float32),
-        shapes,
-    )
-    loss = make_loss_fn(way=3, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
-    return loss, params, episode
+from esmeta.protonet import make_loss_fn
 
 
 def test_fitness_is_minus_loss():
     assert float(fitness_from_loss(jnp.float32(2.5))) == -2.5
 
 
-def test_ascent_direction_is_minus_grad_of_protonet_loss():
-    _, params, episode = tiny_protonet(channels=2)
+def test_ascent_direction_is_minus_grad_of_protonet_loss(tiny_protonet):
+    _, params, episode = tiny_protonet
     loss = make_loss_fn(way=3, channels=2, distance="cosine", scale=5.0, norm_stats="support")
     estimate = jax.jit(make_estimator(EstimatorConfig(name="backprop"), 0.01, loss, None, 1))
     g, metrics = estimate(jax.random.key(0), params, episode)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import pickle
 import subprocess
@@ -18,10 +17,8 @@ from jax.sharding import Mesh
 
 from esmeta import config as config_module
 from esmeta.config import EstimatorConfig
-from esmeta.data.episodes import Episode
 from esmeta.estimators import ESTIMATORS, make_estimator, population
 from esmeta.estimators.wsr import candidate_noise
-from esmeta.protonet import init_params, make_loss_fn
 
 MU = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.5, -0.25, 2.0, 0.0, 1.0])}
 REQUIRED_METRICS = {"fitness_mean", "fitness_std", "fitness_max", "grad_norm", "nonfinite", "zero_update", "candidates"}
@@ -30,7 +27,7 @@ SETTINGS = {  # small settings per estimator, for the conformance tests
     "wsr": {"pop_per_shard": 4, "antithetic": True},
     "finite_diff": {"pop_per_shard": 4},
 }
-# One ProtoNet shape for the device tests; the subprocess rebuilds the same loss from these.
+# The tiny_protonet fixture's network (tests/estimators/conftest.py); the 8-device subprocess rebuilds its loss from this.
 NET = {"way": 3, "channels": 2, "distance": "euclidean", "scale": 1.0, "norm_stats": "episode"}
 DEVICE_CASES = {  # eval_mode "map", as "auto" gives on CPU, so that the one-device map/vmap test shares a case
     "wsr_per_shard": {"name": "wsr", "pop_per_shard": 4, "eval_mode": "map"},
@@ -61,25 +58,6 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, msg: str
 
 def one_device_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()[:1]), ("shards",))
-
-
-@functools.cache
-def tiny_protonet(channels: int = 2):
-    """(loss, mu, episode): a 3-way 2-shot 2-query episode of random 16x16 images, mu shaped by init_params.
-
-    Built from numpy (no init/sampling compilation): conv kernels ~ N(0, 1/fan_in), vectors ~ 1 + N(0, 0.01).
-    """
-    rng = np.random.default_rng(1)
-    episode = Episode(rng.random((6, 16, 16, 1), np.float32), rng.random((6, 16, 16, 1), np.float32))
-    shapes = jax.eval_shape(lambda key: init_params(key, channels, 16), jax.random.key(0))
-    params = jax.tree.map(
-        lambda s: jnp.asarray(
-            rng.normal(0.0, 1.0 / np.sqrt(np.prod(s.shape[:-1])), s.shape) if len(s.shape) > 1
-            else 1.0 + 0.1 * rng.normal(size=s.shape), jnp.float32),
-        shapes,
-    )
-    loss = make_loss_fn(**NET)
-    return loss, params, episode
 
 
 def test_registry_matches_config_choices():
@@ -128,21 +106,22 @@ def test_weighted_sum_chunks_equal_the_dense_sum():
         np.testing.assert_allclose(flat(summed), dense, rtol=1e-5, atol=1e-7)
 
 
-@functools.cache
-def one_device(config: EstimatorConfig) -> np.ndarray:
+def one_device(problem, config: EstimatorConfig) -> np.ndarray:
     """8 shards on this process's one device (no mesh): the fixed ProtoNet problem at key 11."""
-    loss, params, episode = tiny_protonet()
+    loss, params, episode = problem
     return flat(jax.jit(make_estimator(config, 0.05, loss, None, 8))(jax.random.key(11), params, episode)[0])
 
 
-def test_map_and_vmap_give_the_same_estimate():
-    vmapped = one_device(EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="vmap"))
-    assert_close(vmapped, one_device(EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="map")), rtol=1e-4)
+def test_map_and_vmap_give_the_same_estimate(tiny_protonet):
+    vmapped = one_device(tiny_protonet, EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="vmap"))
+    mapped = one_device(tiny_protonet, EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="map"))
+    assert_close(vmapped, mapped, rtol=1e-4)
 
 
-def test_chunked_equals_unchunked():
-    chunked = one_device(EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="vmap", chunk_size=3))  # 3 + 1
-    assert_close(chunked, one_device(EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="vmap")), rtol=1e-4)
+def test_chunked_equals_unchunked(tiny_protonet):
+    chunked = one_device(tiny_protonet, EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="vmap", chunk_size=3))
+    whole = one_device(tiny_protonet, EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="vmap"))
+    assert_close(chunked, whole, rtol=1e-4)  # chunks of 3 + 1
 
 
 def test_map_and_vmap_agree_for_finite_differences():
@@ -176,8 +155,8 @@ EIGHT_DEVICES = textwrap.dedent(
 )
 
 
-def test_eight_shards_on_one_device_equal_eight_devices(tmp_path):
-    _, params, episode = tiny_protonet()
+def test_eight_shards_on_one_device_equal_eight_devices(tmp_path, tiny_protonet):
+    _, params, episode = tiny_protonet
     inputs = {"cases": DEVICE_CASES, "net": NET, "params": jax.tree.map(np.asarray, params),
               "episode": tuple(np.asarray(x) for x in episode)}
     (tmp_path / "inputs.pkl").write_bytes(pickle.dumps(inputs))
@@ -187,7 +166,7 @@ def test_eight_shards_on_one_device_equal_eight_devices(tmp_path):
         [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / "inputs.pkl"), str(tmp_path)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    local = {case: one_device(EstimatorConfig(**settings)) for case, settings in DEVICE_CASES.items()}
+    local = {case: one_device(tiny_protonet, EstimatorConfig(**settings)) for case, settings in DEVICE_CASES.items()}
     out, _ = child.communicate(timeout=300)
     assert child.returncode == 0, out
     for case, g in local.items():

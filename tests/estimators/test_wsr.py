@@ -10,10 +10,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from esmeta.config import EstimatorConfig
-from esmeta.data.episodes import Episode
 from esmeta.estimators import make_estimator
 from esmeta.estimators.wsr import candidate_noise, shape_fitness
-from esmeta.protonet import init_params, make_loss_fn
 
 SIGMA = 0.1
 MU = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.5, -0.25, 2.0, 0.0, 1.0])}
@@ -77,26 +75,8 @@ def test_quadratic_large_population_points_along_gradient_with_step_sigma():
     assert 0.8 * 0.01 < float(np.linalg.norm(flat(g))) < 1.05 * 0.01
 
 
-def tiny_protonet(channels: int):
-    """(loss, mu, episode): a 3-way 2-shot 2-query episode of random 16x16 images, mu shaped by init_params.
-
-    Built from numpy (no init/sampling compilation): conv kernels ~ N(0, 1/fan_in), vectors ~ 1 + N(0, 0.01).
-    """
-    rng = np.random.default_rng(1)
-    episode = Episode(rng.random((6, 16, 16, 1), np.float32), rng.random((6, 16, 16, 1), np.float32))
-    shapes = jax.eval_shape(lambda key: init_params(key, channels, 16), jax.random.key(0))
-    params = jax.tree.map(
-        lambda s: jnp.asarray(
-            rng.normal(0.0, 1.0 / np.sqrt(np.prod(s.shape[:-1])), s.shape) if len(s.shape) > 1
-            else 1.0 + 0.1 * rng.normal(size=s.shape), jnp.float32),
-        shapes,
-    )
-    loss = make_loss_fn(way=3, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
-    return loss, params, episode
-
-
-def test_protonet_cosine_to_backprop_grows_with_population():
-    loss, params, episode = tiny_protonet(channels=2)  # 150 parameters
+def test_protonet_cosine_to_backprop_grows_with_population(tiny_protonet):
+    loss, params, episode = tiny_protonet  # 150 parameters
     true = jax.jit(jax.grad(lambda p: -loss(p, episode)))(params)
     mean_cos = {}
     for pop in (16, 1024):
