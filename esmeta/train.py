@@ -60,6 +60,12 @@ def episode_keys(key: jax.Array, n: int) -> jax.Array:
     return jax.vmap(partial(jax.random.fold_in, key))(jnp.arange(n))
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(init_key, train_key) of a run: the root key from the training seed, split once."""
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    return init_key, train_key
+
+
 def make_train_step(estimate, optimizer: optax.GradientTransformation, sample, metrics: MetricsFn):
     """One jitted meta-training step: sample an episode, estimate the ascent direction, update mu."""
 
@@ -169,7 +175,7 @@ def train(config: Config, run_dir: str | Path, extra: dict[str, Any] | None = No
     split = split_classes(data.class_names, config.data.split, config.data.split_seed)
     images = {name: jnp.asarray(data.images[idx]) for name, idx in split.items()}
 
-    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    init_key, train_key = run_keys(config.seed)
     val_key, test_key = jax.random.split(jax.random.key(config.eval.seed))
     params = init_params(init_key, config.model.channels, config.data.image_size)
     n_params = num_params(params)
@@ -237,7 +243,7 @@ def train(config: Config, run_dir: str | Path, extra: dict[str, Any] | None = No
         "num_params": n_params,
         "estimator": e.name,
         "alpha": config.alpha,
-        "sigma": config.sigma if e.name == "wsr" else None,
+        "sigma": {"wsr": config.sigma, "finite_diff": e.fd_sigma}.get(e.name),  # the perturbation used
         "population": e.pop_per_shard * shards if e.is_es else None,
         "shards": shards,
         "config": config.to_dict(),

@@ -6,9 +6,12 @@ import numpy as np
 import optax
 import pytest
 
+import esmeta
 from esmeta.config import EstimatorConfig
+from esmeta.data import sample_episode, split_classes
+from esmeta.protonet import init_params
 from esmeta.run import check_overrides
-from esmeta.train import accuracy_stats, episode_keys, make_optimizer, train
+from esmeta.train import accuracy_stats, episode_keys, make_optimizer, metrics_fn, run_keys, train
 
 
 def test_sgd_is_the_papers_plain_ascent():
@@ -76,3 +79,27 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path, omniglot32):
     summary = train(config, tmp_path / "run")
     assert summary["status"] == "completed" and summary["stopped_by_budget"] is True
     assert summary["episodes"] == 3  # one epoch
+
+
+def test_a_short_wsr_run_on_omniglot_lowers_the_training_loss(tmp_path, omniglot32):
+    """Paper defaults (alpha 1, sigma 0.01), population 32, 30 steps: loss on 30 fixed training episodes falls.
+
+    Measured: 1.085 -> 0.910. Fixed episodes (not the logged per-step losses) keep episode noise out.
+    """
+    (config,) = check_overrides([
+        "estimator=wsr", "model.channels=8", "task=5way_5shot", "estimator.pop_per_shard=32",
+        "train.epochs=1", "train.episodes_per_epoch=30", "eval.val_episodes=0", "eval.test_episodes=10",
+    ])
+    assert (config.alpha, config.sigma) == (1.0, 0.01)  # the estimator config's paper defaults
+    summary = train(config, tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert (summary["estimator"], summary["alpha"], summary["sigma"], summary["population"]) == ("wsr", 1.0, 0.01, 32)
+
+    split = split_classes(omniglot32.class_names, "paper", 0)
+    images = jnp.asarray(omniglot32.images[split["train"]])
+    loss = metrics_fn(config, 5)
+    keys = episode_keys(jax.random.key(99), 30)
+    mean_loss = jax.jit(lambda p: jnp.mean(jax.lax.map(lambda k: loss(p, sample_episode(k, images, 5, 5, 5))[0], keys)))
+    before = init_params(run_keys(config.seed)[0], 8, 32)
+    after = esmeta.load_run(tmp_path / "run").params
+    assert float(mean_loss(after)) < 0.95 * float(mean_loss(before))
