@@ -9,13 +9,10 @@ per run with the test accuracy beside the paper's (0.996 and 0.987).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
-from esmeta.run import check_overrides
-from esmeta.train import train
+from _reference import run_reference
 
 PAPER = {5: 0.996, 1: 0.987}  # Table I, "ProtoNet" rows
 
@@ -28,42 +25,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="backprop_reference_"))
-    shots = (5, 1)
-    rows = []
-    for shot in shots:
+    for shot in PAPER:
         overrides = [
             "estimator=backprop", "model.channels=64", "task.train_way=20", f"task.shot={shot}",
             "task.test_way=5", f"seed={args.seed}", "eval.val_episodes=20", "eval.test_episodes=200",
         ]
-        if args.quick:
-            overrides += ["train.epochs=1", "train.episodes_per_epoch=5", "eval.val_episodes=2", "eval.test_episodes=20"]
-        else:
-            overrides += [f"train.max_minutes={args.minutes / len(shots)}"]
-        (config,) = check_overrides(overrides)
-        s = train(config, out / f"shot{shot}")
-        row = {
-            "benchmark": "backprop_reference",
-            "shot": shot,
-            "train_way": 20,
-            "test_way": 5,
-            "channels": 64,
-            "test_accuracy": round(s["test_accuracy"], 4),
-            "test_accuracy_std": round(s["test_accuracy_std"], 4),
-            "test_accuracy_ci95": round(s["test_accuracy_ci95"], 4),
-            "paper_accuracy": PAPER[shot],
-            "episodes": s["episodes"],
-            "minutes": round(s["wall_time_s"] / 60, 2),
-            "backend": s["backend"],
-            "run_dir": str(out / f"shot{shot}"),
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    for r in rows:
-        print(
-            f"{r['shot']}-shot: {r['test_accuracy']:.3f} ± {r['test_accuracy_std']:.3f} after {r['episodes']} episodes "
-            f"({r['minutes']} min); paper {r['paper_accuracy']}",
-            file=sys.stderr,
-        )
+        run_reference("backprop_reference", overrides, PAPER[shot], out / f"shot{shot}", args.minutes / len(PAPER),
+                      args.quick, shot=shot, train_way=20, test_way=5, channels=64)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""Every benchmark runs in its --quick form and prints well-formed JSON lines (their figures live in the README)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_quick(script: str, tmp_path: Path) -> list[dict]:
+    args = [sys.executable, str(BENCHMARKS / script), "--quick"]
+    if script != "grad_quality.py":
+        args += ["--out", str(tmp_path)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize(
+    "script,rows,keys",
+    [
+        ("backprop_reference.py", 2, {"shot", "test_accuracy", "paper_accuracy", "episodes", "minutes"}),
+        ("es_reference.py", 1, {"estimator", "population", "test_accuracy", "paper_accuracy", "episodes", "minutes"}),
+    ],
+)
+def test_reference_benchmarks_quick(script, rows, keys, tmp_path, omniglot32):
+    lines = run_quick(script, tmp_path)
+    assert len(lines) == rows
+    for row in lines:
+        assert keys <= row.keys()
+        assert 0.2 < row["test_accuracy"] <= 1.0  # above 5-way chance even after a few episodes
+        assert (Path(row["run_dir"]) / "done").exists()
+
+
+def test_grad_quality_quick(tmp_path, omniglot32):
+    lines = run_quick("grad_quality.py", tmp_path)
+    by = {(r["estimator"], r["population"]): r for r in lines}
+    assert {"estimator", "population", "cosine_to_backprop"} <= lines[0].keys()
+    fd = [r for r in lines if r["estimator"].startswith("finite_diff")]
+    assert fd and all(r["cosine_to_backprop"] > 0.99 for r in fd)  # all coordinates of a small net
+    wsr = sorted((p, r["cosine_to_backprop"]) for (e, p), r in by.items() if e == "wsr")
+    assert len(wsr) >= 2 and wsr[-1][1] > wsr[0][1]  # more candidates, closer to the gradient
