@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from esmeta.run import check_overrides
 from esmeta.train import train
+
+def parse_args(doc: str, minutes: float, prefix: str) -> argparse.Namespace:
+    """--minutes, --out (default: a fresh temp dir), --quick, --seed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget")
+    parser.add_argument("--out", type=Path, default=None, help="where the runs are written (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one short epoch")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.out = args.out or Path(tempfile.mkdtemp(prefix=prefix))
+    return args
+
 
 QUICK = ["train.epochs=1", "train.episodes_per_epoch=5", "eval.val_episodes=2", "eval.test_episodes=20"]
 

@@ -8,23 +8,14 @@ per run with the test accuracy beside the paper's (0.996 and 0.987).
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
-
-from _reference import run_reference
+from _reference import parse_args, run_reference
 
 PAPER = {5: 0.996, 1: 0.987}  # Table I, "ProtoNet" rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=30.0, help="total wall-clock budget, split over the shots")
-    parser.add_argument("--out", type=Path, default=None, help="where the runs are written (default: a temp dir)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: one short epoch per shot")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="backprop_reference_"))
+    args = parse_args(__doc__, minutes=30.0, prefix="backprop_reference_")
+    out = args.out
     for shot in PAPER:
         overrides = [
             "estimator=backprop", "model.channels=64", "task.train_way=20", f"task.shot={shot}",

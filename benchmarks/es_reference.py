@@ -9,23 +9,14 @@ The goal on a 2-core CPU within 45 minutes is 0.95.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
-
-from _reference import run_reference
+from _reference import parse_args, run_reference
 
 PAPER = 0.987  # Table II, alpha 1, sigma 0.01, 16 channels, population 1024, 10-way 5-shot
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget")
-    parser.add_argument("--out", type=Path, default=None, help="where the run is written (default: a temp dir)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: one short epoch")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="es_reference_"))
+    args = parse_args(__doc__, minutes=45.0, prefix="es_reference_")
+    out = args.out
     overrides = [
         "estimator=wsr", "alpha=1", "sigma=0.01", "model.channels=16", "task=10way_5shot",
         "hardware=tpu-v3-8", "estimator.pop_per_shard=32", f"seed={args.seed}",
