@@ -7,7 +7,6 @@ input costs one line and exit status 2 instead of a traceback or a half-launched
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -87,7 +86,7 @@ def _output_dir(hydra_cfg: Any, multirun: bool) -> Path:
 def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Config]:
     """Compose and validate every configuration the overrides describe; raise ConfigError on the first bad one."""
     from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException, OverrideParseException
+    from hydra.errors import OverrideParseException
 
     from esmeta.results import ensure_writable_dir
 
@@ -100,9 +99,7 @@ def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Co
         for variant in variants:
             try:
                 cfg = compose(CONFIG_NAME, overrides=variant, return_hydra_config=True)
-            except HydraException as e:
-                raise ConfigError(_hydra_error_message(e)) from None
-            except Exception as e:  # omegaconf errors (wrong types on typed nodes, bad keys)
+            except Exception as e:  # Hydra composition errors and OmegaConf errors (bad keys, types)
                 raise ConfigError(_hydra_error_message(e)) from None
             multirun = multirun or str(cfg.hydra.get("mode")).endswith("MULTIRUN")  # a stored sweep sets it
             out = _output_dir(cfg.hydra, multirun)
@@ -163,7 +160,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             check_overrides(overrides, multirun)
         except EsmetaError as e:
             fail(str(e))
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     sys.argv = [sys.argv[0], *argv]
     _job()
 
