@@ -28,6 +28,9 @@ NORMALIZATIONS = ("per_shard", "global")
 EVAL_MODES = ("auto", "map", "vmap")
 PLATFORMS = ("any", "cpu", "gpu", "tpu")
 PROGRESS = ("auto", "on", "off")
+BUDGET_CLOCKS = ("wall", "cpu")
+LOGGERS = ("wandb", "none")
+SCALES = ("paper", "smoke", "custom")
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,11 @@ class TrainConfig:
 
     epochs: int = 200
     episodes_per_epoch: int = 100
-    max_minutes: float = 0.0  # wall-clock budget, checked after each epoch; 0 = none
+    max_minutes: float = 0.0  # time budget, checked after each epoch; 0 = none
+    budget_clock: str = "wall"  # wall: elapsed time; cpu: process CPU time / cores (fair on a shared machine)
     progress: str = "auto"  # auto: a bar only when stderr is a terminal
+    checkpoint_every: int = 100  # episodes between checkpoints (and at every epoch end); 0 = never
+    resume: bool = True  # a run directory with a checkpoint resumes; a completed one is not retrained
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,27 @@ class HardwareConfig:
     platform: str = "any"
     devices: int = 0  # devices to spread the shards over; 0 = all visible devices of the platform
     cpu_devices: int = 0  # simulated CPU devices to create before JAX starts; 0 = leave as is
+    processes: int = 1  # JAX processes of one run (multi-host / SLURM tasks); >1 calls jax.distributed.initialize
+    compilation_cache: bool = True  # JAX's persistent compilation cache (JAX_COMPILATION_CACHE_DIR or the user cache)
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    """Experiment tracking: Weights & Biases (mode from WANDB_MODE, offline by default) or none."""
+
+    name: str = "wandb"
+    project: str = "esmeta"
+    entity: str | None = None
+    group: str | None = None  # default: the sweep's name (sweep=...), else the multirun's directory name
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Budget preset of a sweep: `paper` as stated, `smoke` caps populations and shards to run in minutes."""
+
+    name: str = "paper"
+    max_pop_per_shard: int = 0  # cap on estimator.pop_per_shard; 0 = no cap
+    max_shards: int = 0  # cap on the logical shards; 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,8 @@ class Config:
     eval: EvalConfig = EvalConfig()
     estimator: EstimatorConfig = EstimatorConfig()
     hardware: HardwareConfig = HardwareConfig()
+    logger: LoggerConfig = LoggerConfig()
+    scale: ScaleConfig = ScaleConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,9 +183,11 @@ _SECTION_TYPES = {
     "eval": EvalConfig,
     "estimator": EstimatorConfig,
     "hardware": HardwareConfig,
+    "logger": LoggerConfig,
+    "scale": ScaleConfig,
 }
 # Top-level keys that belong to other layers (Hydra, logging, sweeps) and are not part of the math.
-PASSTHROUGH_KEYS = frozenset({"hydra", "logger", "sweep", "scale", "experiment", "cluster", "wandb", "resume"})
+PASSTHROUGH_KEYS = frozenset({"hydra", "sweep", "experiment", "cluster", "point"})
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -276,6 +307,8 @@ def validate(config: Config) -> None:
     _positive("train.episodes_per_epoch", config.train.episodes_per_epoch)
     _positive("train.max_minutes", config.train.max_minutes, allow_zero=True)
     _choice("train.progress", config.train.progress, PROGRESS)
+    _choice("train.budget_clock", config.train.budget_clock, BUDGET_CLOCKS)
+    _positive("train.checkpoint_every", config.train.checkpoint_every, allow_zero=True)
     _positive("eval.val_episodes", config.eval.val_episodes, allow_zero=True)
     _positive("eval.test_episodes", config.eval.test_episodes)
 
@@ -308,3 +341,22 @@ def validate(config: Config) -> None:
     _choice("hardware.platform", h.platform, PLATFORMS)
     _positive("hardware.devices", h.devices, allow_zero=True)
     _positive("hardware.cpu_devices", h.cpu_devices, allow_zero=True)
+    _positive("hardware.processes", h.processes)
+    _choice("logger.name", config.logger.name, LOGGERS)
+    _choice("scale.name", config.scale.name, SCALES)
+    _positive("scale.max_pop_per_shard", config.scale.max_pop_per_shard, allow_zero=True)
+    _positive("scale.max_shards", config.scale.max_shards, allow_zero=True)
+
+
+def scaled(config: Config) -> Config:
+    """The configuration a run executes: `scale`'s caps applied to the population and the shards.
+
+    The requested values stay in `config` (and in the summary's `config`), so that a smoke run of a
+    paper configuration is still found under that configuration; the summary records what ran.
+    """
+    s, e, h = config.scale, config.estimator, config.hardware
+    if s.max_pop_per_shard and e.pop_per_shard > s.max_pop_per_shard:
+        e = dataclasses.replace(e, pop_per_shard=s.max_pop_per_shard)
+    if s.max_shards and h.shards > s.max_shards:
+        h = dataclasses.replace(h, shards=s.max_shards)
+    return dataclasses.replace(config, estimator=e, hardware=h)
