@@ -22,7 +22,7 @@ def main() -> None:
             "task.test_way=5", f"seed={args.seed}", "eval.val_episodes=20", "eval.test_episodes=200",
         ]
         run_reference("backprop_reference", overrides, PAPER[shot], out / f"shot{shot}", args.minutes / len(PAPER),
-                      args.quick, shot=shot, train_way=20, test_way=5, channels=64)
+                      args.quick, args.clock, shot=shot, train_way=20, test_way=5, channels=64)
 
 
 if __name__ == "__main__":

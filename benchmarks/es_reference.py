@@ -22,7 +22,7 @@ def main() -> None:
         "hardware=tpu-v3-8", "estimator.pop_per_shard=32", f"seed={args.seed}",
         "eval.val_episodes=20", "eval.test_episodes=200",
     ]
-    run_reference("es_reference", overrides, PAPER, out / "wsr", args.minutes, args.quick,
+    run_reference("es_reference", overrides, PAPER, out / "wsr", args.minutes, args.quick, args.clock,
                   estimator="wsr", channels=16, train_way=10, shot=5, test_way=5, population=256, shards=8)
 
 

@@ -108,3 +108,23 @@ def test_support_statistics_make_queries_independent_of_each_other():
         kw = dict(way=3, channels=4, distance="euclidean", scale=1.0, norm_stats=norm_stats)
         a, b = episode_logits(params, ep, **kw)[1:], episode_logits(params, changed, **kw)[1:]
         assert bool(jnp.allclose(a, b, rtol=1e-5, atol=1e-5)) == independent
+
+
+@pytest.mark.parametrize("channels,size,stats_rows", [(16, 32, None), (64, 32, 10), (8, 28, None), (8, 28, 10)])
+def test_fast_embedding_equals_the_flax_reference(channels, size, stats_rows):
+    """`embed` folds the first batch norm into the conv analytically; the function (and its gradient) must not change."""
+    from esmeta.protonet import ConvEmbedding
+
+    params = init_params(jax.random.key(3), channels, size)
+    images = (jax.random.uniform(jax.random.key(4), (30, size, size, 1)) > 0.8).astype(jnp.float32)  # ink-like
+    fast = lambda p: embed(p, images, channels, stats_rows)  # noqa: E731
+    reference = lambda p: ConvEmbedding(channels).apply({"params": p}, images, stats_rows)  # noqa: E731
+    # float32 rounding of a different summation order: embeddings are O(1), so 1e-4 absolute is 100x the gaps seen
+    np.testing.assert_allclose(fast(params), reference(params), atol=1e-4)
+    g_fast = jax.grad(lambda p: jnp.sum(jnp.sin(fast(p))))(params)
+    g_ref = jax.grad(lambda p: jnp.sum(jnp.sin(reference(p))))(params)
+    # Relative to the largest gradient entry: conv biases before batch norm have true gradient 0, which the
+    # fold gets exactly and the reference as rounding noise (~1e-5).
+    scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g_ref))
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * scale)
