@@ -7,8 +7,12 @@ one CPU, 8 simulated CPU devices or a v3-8.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import jax
 import numpy as np
+import platformdirs
 from jax.sharding import Mesh
 
 from esmeta.config import HardwareConfig
@@ -17,7 +21,16 @@ from esmeta.estimators.base import AXIS
 
 
 def configure_backend(hw: HardwareConfig) -> None:
-    """Create `hw.cpu_devices` simulated CPU devices; call before the first JAX operation."""
+    """Start JAX as `hw` asks; call before the first JAX operation.
+
+    Joins a multi-process run (`hw.processes` > 1: jax.distributed.initialize, which reads SLURM's
+    or the coordinator's environment), turns on the persistent compilation cache, and creates
+    `hw.cpu_devices` simulated CPU devices.
+    """
+    if hw.compilation_cache:
+        enable_compilation_cache()
+    if hw.processes > 1:
+        _join_processes(hw.processes)
     if hw.cpu_devices <= 0:
         return
     try:
@@ -29,6 +42,34 @@ def configure_backend(hw: HardwareConfig) -> None:
                 f"hardware.cpu_devices={hw.cpu_devices} but JAX already started with {have} CPU devices in this "
                 "process; run one process per job (hydra/launcher=submitit_local)"
             ) from None
+
+
+def compilation_cache_dir() -> Path:
+    """JAX_COMPILATION_CACHE_DIR if set, else `<user cache>/esmeta/jax` (~/.cache/esmeta/jax on Linux)."""
+    env = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    return Path(env) if env else Path(platformdirs.user_cache_dir("esmeta")) / "jax"
+
+
+def enable_compilation_cache() -> None:
+    """Persist compiled XLA programs so that the jobs of a sweep (one process each) compile once."""
+    jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir()))
+
+
+def _join_processes(expected: int) -> None:
+    if not jax.distributed.is_initialized():
+        try:
+            jax.distributed.initialize()
+        except (RuntimeError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(
+                f"hardware.processes={expected} but JAX could not join a multi-process run ({first}); "
+                "launch one task per process under SLURM (hydra/launcher=slurm_multinode) or set hardware.processes=1"
+            ) from None
+    if jax.process_count() != expected:
+        raise ConfigError(
+            f"hardware.processes={expected} but this run has {jax.process_count()} JAX processes; "
+            f"launch {expected} tasks or set hardware.processes={jax.process_count()}"
+        )
 
 
 def _platform_devices(platform: str) -> list:

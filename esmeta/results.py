@@ -4,6 +4,7 @@ Layout (one directory per Hydra job):
   metrics.jsonl    one JSON object per logged point (episode, train/..., val/..., wall_time_s)
   summary.json     status, test accuracy (mean, std, 95% CI), config, versions; written atomically
   params.msgpack   the trained embedding parameters (flax.serialization)
+  checkpoint.msgpack  while the run is unfinished: what a resumed run continues from (esmeta.checkpoint)
   done             written last: a directory without it is incomplete, whatever else it holds
 """
 
@@ -22,6 +23,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 PARAMS = "params.msgpack"
 DONE = "done"
+CHECKPOINT = "checkpoint.msgpack"  # see esmeta.checkpoint; removed when the run is done
 
 
 def _jsonable(value: Any) -> Any:
@@ -68,28 +70,44 @@ def ensure_writable_dir(path: Path, key: str = "hydra.run.dir") -> None:
 
 
 class RunDir:
-    """Writes one run's results; `done` is written last so partial runs are recognisable."""
+    """Writes one run's results; `done` is written last so partial runs are recognisable.
 
-    def __init__(self, path: str | Path):
+    `enabled=False` (every process but process 0 of a multi-process run) writes nothing.
+    """
+
+    def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
+        self.enabled = enabled
 
-    def start(self) -> None:
-        """Prepare a fresh run: an old `done` marker or summary from an earlier run must not survive."""
+    def start(self, keep_checkpoint: bool = False) -> None:
+        """Prepare the directory: an old `done` marker, summary or metrics must not survive into this run;
+        a checkpoint survives only when the run resumes from it."""
+        if not self.enabled:
+            return
         ensure_writable_dir(self.path)
-        for name in (DONE, SUMMARY, METRICS):
+        for name in (DONE, SUMMARY, METRICS) + (() if keep_checkpoint else (CHECKPOINT,)):
             (self.path / name).unlink(missing_ok=True)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
+        if self.enabled:
+            with open(self.path / METRICS, "a") as f:
+                f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace metrics.jsonl by `records` (a resumed run's epochs up to its checkpoint), atomically."""
+        if self.enabled:
+            text = "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in records)
+            atomic_write_bytes(self.path / METRICS, text.encode())
 
     def write_params(self, data: bytes) -> None:
-        atomic_write_bytes(self.path / PARAMS, data)
+        if self.enabled:
+            atomic_write_bytes(self.path / PARAMS, data)
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Write the summary, then the `done` marker."""
-        atomic_write_json(self.path / SUMMARY, summary)
-        atomic_write_bytes(self.path / DONE, b"")
+        if self.enabled:
+            atomic_write_json(self.path / SUMMARY, summary)
+            atomic_write_bytes(self.path / DONE, b"")
 
     @property
     def done(self) -> bool:

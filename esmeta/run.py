@@ -59,19 +59,28 @@ def _hydra_error_message(e: Exception) -> str:
     return f"{text}; {USAGE_HINT}"
 
 
-def _override_variants(overrides: Sequence[str]) -> list[list[str]]:
+def _sweep_values(override, group_options) -> list[str]:
+    """`key=value` for every value of one parsed override (a glob over a config group expands to its options)."""
+    from hydra.core.override_parser.types import Glob
+
+    key = override.get_key_element()
+    if not override.is_sweep_override():
+        return [override.input_line]
+    if isinstance(override.value(), Glob):
+        return [f"{key}={v}" for v in override.value().filter(group_options(override.key_or_group))]
+    return [f"{key}={v}" for v in override.sweep_string_iterator()]
+
+
+def _override_variants(overrides: Sequence[str], group_options=lambda group: []) -> list[list[str]]:
     """Override lists that cover every value of every sweep: the first values, then one change at a time."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    firsts, options = [], []
-    for o in parsed:
-        if o.is_sweep_override():
-            values = [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-        else:
-            values = [o.input_line]
-        firsts.append(values[0])
-        options.append(values)
+    options = [_sweep_values(o, group_options) for o in parsed]
+    for o, values in zip(parsed, options):
+        if not values:
+            raise ConfigError(f"{o.input_line} matches no option of {o.key_or_group}; {USAGE_HINT}")
+    firsts = [values[0] for values in options]
     variants = [firsts]
     for i, values in enumerate(options):
         for v in values[1:]:
@@ -79,28 +88,46 @@ def _override_variants(overrides: Sequence[str]) -> list[list[str]]:
     return variants
 
 
+def _stored_sweep(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """A stored sweep's grid (hydra.sweeper.params) as overrides, less the keys the command line sets itself."""
+    params = cfg.hydra.get("sweeper", {}).get("params") or {}
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [f"{k}={v}" for k, v in params.items() if k not in given]
+
+
 def _output_dir(hydra_cfg: Any, multirun: bool) -> Path:
     return Path(str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir))
 
 
 def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Config]:
-    """Compose and validate every configuration the overrides describe; raise ConfigError on the first bad one."""
+    """Compose and validate every configuration the overrides describe, a stored sweep's grid included;
+    raise ConfigError on the first bad one."""
     from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import OverrideParseException
 
     from esmeta.results import ensure_writable_dir
 
-    try:
-        variants = _override_variants(overrides)
-    except OverrideParseException as e:
-        raise ConfigError(f"cannot parse the overrides: {_first_line(e)}") from None
+    def compose_one(variant: list[str]) -> DictConfig:
+        try:
+            return compose(CONFIG_NAME, overrides=variant, return_hydra_config=True)
+        except Exception as e:  # Hydra composition errors and OmegaConf errors (bad keys, types)
+            raise ConfigError(_hydra_error_message(e)) from None
+
     configs = []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        group_options = lambda group: sorted(loader.get_group_options(group))  # noqa: E731
+        try:
+            variants = _override_variants(overrides, group_options)
+            base = compose_one(variants[0])
+            stored = _stored_sweep(base, overrides)
+            if stored:  # sweep=NAME: its grid's values are checked like the command line's
+                variants = _override_variants([*overrides, *stored], group_options)
+        except OverrideParseException as e:
+            raise ConfigError(f"cannot parse the overrides: {_first_line(e)}") from None
         for variant in variants:
-            try:
-                cfg = compose(CONFIG_NAME, overrides=variant, return_hydra_config=True)
-            except Exception as e:  # Hydra composition errors and OmegaConf errors (bad keys, types)
-                raise ConfigError(_hydra_error_message(e)) from None
+            cfg = compose_one(variant)
             multirun = multirun or str(cfg.hydra.get("mode")).endswith("MULTIRUN")  # a stored sweep sets it
             out = _output_dir(cfg.hydra, multirun)
             job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -112,24 +139,34 @@ def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Co
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
 def _job(cfg: DictConfig) -> float | None:
     """One Hydra job: validate, train, report. Returns the test accuracy (for sweepers)."""
+    from hydra.types import RunMode
+
     from esmeta.results import RunDir
-    from esmeta.train import train
+    from esmeta.train import JobInfo, train
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # Hydra logs INFO; JAX's backend probing is noise
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    extra = {"overrides": list(hc.overrides.task), "job_name": hc.job.name}
+    multirun = hc.mode == RunMode.MULTIRUN
+    job = JobInfo(
+        overrides=tuple(hc.overrides.task),
+        sweep=hc.runtime.choices.get("sweep"),
+        sweep_dir=str(hc.sweep.dir) if multirun else None,
+        job_name=hc.job.name,
+    )
     try:
         config = config_from_omegaconf(cfg)
     except EsmetaError as e:
         fail(str(e))
     try:
-        summary = train(config, run_dir, extra)
+        summary = train(config, run_dir, job)
     except EsmetaError as e:
         fail(str(e))
     except Exception as e:
+        # Recorded, then raised: Hydra finishes the sweep's other jobs and reports this one at the end.
         RunDir(run_dir).finish(
-            {"status": "failed", "error": f"{type(e).__name__}: {e}", "config": config.to_dict(), **extra}
+            {"status": "failed", "error": f"{type(e).__name__}: {e}", "config": config.to_dict(),
+             "overrides": list(job.overrides), "sweep": job.sweep}
         )
         traceback.print_exc()
         raise

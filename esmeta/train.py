@@ -6,11 +6,14 @@ front end, and tests call it directly.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -21,13 +24,17 @@ import numpy as np
 import optax
 from flax import serialization
 
-from esmeta.config import Config, EstimatorConfig
+from esmeta import checkpoint
+from esmeta.config import Config, EstimatorConfig, scaled
 from esmeta.data import load_omniglot, sample_episode, split_classes
+from esmeta.errors import ConfigError
 from esmeta.estimators import make_estimator
 from esmeta.hardware import configure_backend, make_mesh
 from esmeta.protonet import Params, init_params, loss_and_accuracy, num_params
-from esmeta.results import RunDir
+from esmeta.results import RunDir, read_summary
+from esmeta.tracking import default_group, open_tracker, run_name, run_tags
 
+log = logging.getLogger(__name__)
 MetricsFn = Callable[[Params, Any], tuple[jax.Array, jax.Array]]
 
 
@@ -128,16 +135,16 @@ def versions() -> dict[str, str]:
     }
 
 
-class Progress:
+class ProgressBar:
     """A tqdm bar on a terminal; silent otherwise (or as `train.progress` says)."""
 
-    def __init__(self, total: int, mode: str):
+    def __init__(self, total: int, mode: str, initial: int = 0):
         enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
         self.bar = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="ep", dynamic_ncols=True, leave=False)
+            self.bar = tqdm(total=total, initial=initial, unit="ep", dynamic_ncols=True, leave=False)
 
     def update(self, n: int = 1, **postfix: float) -> None:
         if self.bar is not None:
@@ -161,25 +168,82 @@ def make_budget_clock(kind: str) -> Callable[[], float]:
     return lambda: time.perf_counter() - wall0
 
 
-def _mean_metrics(step_metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
-    """Average per-step device metrics over a logging window (one host transfer)."""
-    host = jax.device_get(step_metrics)
+def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
+    """Average per-step host metrics over a logging window; nan where no step was finite."""
     out = {}
-    for k in host[0]:
-        values = np.asarray([m[k] for m in host], np.float64)
+    for k in window[0]:
+        values = np.asarray([m[k] for m in window], np.float64)
         finite = values[np.isfinite(values)]
-        out[k] = float(finite.mean()) if finite.size else float("nan")  # nan: no finite step in the window
+        out[k] = float(finite.mean()) if finite.size else float("nan")
     return out
 
 
-def train(config: Config, run_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train and test one run; write metrics, parameters and summary to `run_dir`; return the summary."""
-    out = RunDir(run_dir)
-    out.start()
+@dataclass(frozen=True)
+class JobInfo:
+    """Where a run comes from (Hydra's view of it): recorded in the summary, names its W&B run."""
+
+    overrides: tuple[str, ...] = ()
+    sweep: str | None = None  # the stored sweep (sweep=NAME) the job belongs to
+    sweep_dir: str | None = None  # the multirun's directory, None for a single run
+    job_name: str = "esmeta"
+
+
+# Settings that may change between a run and its resumption: they do not change what is computed.
+RESUMABLE_CHANGES = frozenset({
+    "train.progress", "train.resume", "train.checkpoint_every", "train.max_minutes", "train.budget_clock",
+    "data.root", "data.cache_dir", "data.download", "hardware.compilation_cache", "logger",
+})
+
+
+def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str | None:
+    """The first setting (as `key: saved -> current`) that differs between two config dicts, ignoring RESUMABLE_CHANGES."""
+    for key in sorted(set(saved) | set(current)):
+        path = f"{prefix}{key}"
+        if path in RESUMABLE_CHANGES:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = config_difference(a, b, f"{path}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{path}: {a!r} -> {b!r}"
+    return None
+
+
+def _check_same_run(saved: dict[str, Any], config: Config, where: Path, what: str) -> None:
+    diff = config_difference(saved, config.to_dict())
+    if diff:
+        raise ConfigError(
+            f"{where} holds {what} of a different configuration ({diff}); "
+            "write to another directory (hydra.run.dir=...) or pass train.resume=false to start over"
+        )
+
+
+def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> dict[str, Any]:
+    """Train and test one run; write metrics, checkpoints, parameters and summary to `run_dir`; return the summary.
+
+    With `train.resume` (default), a run directory holding a finished run returns its summary untouched,
+    and one holding a checkpoint continues from it: same episodes, same candidates, same result.
+    """
+    job = job or JobInfo()
     start = time.perf_counter()
     configure_backend(config.hardware)
-    mesh, shards = make_mesh(config.hardware)
-    t, e = config.task, config.estimator
+    writer = jax.process_index() == 0  # in a multi-process run only process 0 writes results and logs
+    out = RunDir(run_dir, enabled=writer)
+    ckpt_path = out.path / checkpoint.CHECKPOINT
+    if config.train.resume and out.done:
+        previous = read_summary(out.path)
+        if previous.get("status") != "failed":
+            _check_same_run(previous.get("config", {}), config, out.path, "a finished run")
+            log.warning("%s already holds this finished run: not retrained (train.resume=false starts over)", out.path)
+            return previous
+    resuming = config.train.resume and ckpt_path.exists()
+    out.start(keep_checkpoint=resuming)
+
+    run = scaled(config)  # what executes: the scale's caps applied (config keeps the requested values)
+    mesh, shards = make_mesh(run.hardware)
+    t, e = run.task, run.estimator
 
     data = load_omniglot(
         config.data.root, config.data.image_size, config.data.resize_filter, config.data.cache_dir, config.data.download
@@ -204,66 +268,110 @@ def train(config: Config, run_dir: str | Path, extra: dict[str, Any] | None = No
         eval_metrics,
     ) if config.eval.val_episodes else None
 
+    progress = checkpoint.Progress()
+    if resuming:
+        (params, opt_state), progress, saved = checkpoint.load(ckpt_path, (params, opt_state))
+        _check_same_run(saved, config, out.path, "a checkpoint")
+        out.rewrite_metrics(progress.records)  # drop lines logged after the checkpoint
     budget_seconds = make_budget_clock(config.train.budget_clock)
-    status, best_val, val_acc = "completed", float("nan"), float("nan")
-    stopped_by_budget = False
-    total = config.train.epochs * config.train.episodes_per_epoch
-    progress = Progress(total, config.train.progress)
-    try:
-        for epoch in range(config.train.epochs):
-            epoch_start, window = time.perf_counter(), []
-            for i in range(config.train.episodes_per_epoch):
-                step = epoch * config.train.episodes_per_epoch + i
-                params, opt_state, m = train_step(params, opt_state, jax.random.fold_in(train_key, step))
-                window.append(m)
-                progress.update(1)
-            record = _mean_metrics(window)
-            seconds = time.perf_counter() - epoch_start
-            candidates = record.pop("es/candidates", 1.0) * len(window)
-            record["es/candidates_per_s"] = candidates / seconds
-            finite = all_finite(params)
-            if validate is not None and finite:
-                val_acc = float(jnp.mean(validate(params)))
-                best_val = val_acc if math.isnan(best_val) else max(best_val, val_acc)
-            record.update(
-                {"epoch": epoch + 1, "episode": step + 1, "val/accuracy": val_acc,
-                 "wall_time_s": time.perf_counter() - start}
-            )
-            out.append_metrics(record)
-            progress.update(0, loss=record["train/loss"], val=val_acc)
-            if not finite or not math.isfinite(record["train/loss"]):
-                # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.
-                status = "collapsed"
-                break
-            if config.train.max_minutes and budget_seconds() > 60 * config.train.max_minutes:
-                stopped_by_budget = epoch + 1 < config.train.epochs
-                break
-    finally:
-        progress.close()
+    elapsed = lambda: progress.seconds + time.perf_counter() - start  # noqa: E731
+    status, stopped_by_budget = "completed", False
+    epe, every = config.train.episodes_per_epoch, config.train.checkpoint_every
+    total = config.train.epochs * epe
+    tracker = open_tracker(
+        config.logger, out.path, name=run_name(job.overrides), group=default_group(job.sweep, job.sweep_dir),
+        tags=run_tags(config), config=config.to_dict(), enabled=writer, resume=config.train.resume,
+    )
+    bar = ProgressBar(total, config.train.progress, initial=progress.step)
+    pending: list[dict[str, jax.Array]] = []  # device metrics not yet pulled to the host
+    epoch_t0, epoch_steps = time.perf_counter(), 0
 
-    test_keys = episode_keys(test_key, config.eval.test_episodes)
-    test = make_evaluator(images["test"], test_keys, t.test_way, t.test_shot, t.test_query, eval_metrics)
-    accuracies = np.asarray(test(params))
-    out.write_params(serialization.to_bytes(params))
-    summary = {
-        "status": status,
-        **accuracy_stats(accuracies),
-        "best_val_accuracy": best_val,
-        "final_val_accuracy": val_acc,
-        "episodes": step + 1,
-        "stopped_by_budget": stopped_by_budget,
-        "wall_time_s": time.perf_counter() - start,
-        "num_params": n_params,
-        "estimator": e.name,
-        "alpha": config.alpha,
-        "sigma": {"wsr": config.sigma, "finite_diff": e.fd_sigma}.get(e.name),  # the perturbation used
-        "population": e.pop_per_shard * shards if e.is_es else None,
-        "shards": shards,
-        "config": config.to_dict(),
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in mesh.devices.flat],
-        "versions": versions(),
-        **(extra or {}),
-    }
-    out.finish(summary)
+    def pull() -> None:  # one host transfer for the steps since the last one
+        progress.window.extend({k: float(v) for k, v in m.items()} for m in jax.device_get(pending))
+        pending.clear()
+
+    with tracker:
+        try:
+            while progress.step < total:
+                params, opt_state, m = train_step(params, opt_state, jax.random.fold_in(train_key, progress.step))
+                pending.append(m)
+                progress.step += 1
+                epoch_steps += 1
+                bar.update(1)
+                stop = False
+                if progress.step % epe == 0:  # end of an epoch: log, validate, check for collapse and budget
+                    pull()
+                    first = progress.step - len(progress.window) + 1
+                    for i, row in enumerate(progress.window):
+                        tracker.log({k: v for k, v in row.items() if k != "es/candidates"}, step=first + i)
+                    record = _mean_metrics(progress.window)
+                    candidates = record.pop("es/candidates", 1.0) * epoch_steps
+                    record["es/candidates_per_s"] = candidates / (time.perf_counter() - epoch_t0)
+                    finite = all_finite(params)
+                    if validate is not None and finite:
+                        val_acc = float(jnp.mean(validate(params)))
+                        progress.val_acc = val_acc
+                        progress.best_val = val_acc if progress.best_val is None else max(progress.best_val, val_acc)
+                    record.update({"epoch": progress.step // epe, "episode": progress.step,
+                                   "val/accuracy": progress.val_acc, "wall_time_s": elapsed()})
+                    out.append_metrics(record)
+                    tracker.log(record, step=progress.step)
+                    progress.records.append(record)
+                    progress.window = []
+                    epoch_t0, epoch_steps = time.perf_counter(), 0
+                    bar.update(0, loss=record["train/loss"], val=progress.val_acc)
+                    if not finite or not math.isfinite(record["train/loss"]):
+                        # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.
+                        status, stop = "collapsed", True
+                    elif config.train.max_minutes and (
+                        progress.budget_seconds + budget_seconds() > 60 * config.train.max_minutes
+                    ):
+                        stopped_by_budget, stop = progress.step < total, True
+                if stop:
+                    break
+                if every and (progress.step % every == 0 or progress.step % epe == 0) and progress.step < total:
+                    pull()
+                    saved = dataclasses.replace(
+                        progress, seconds=elapsed(), budget_seconds=progress.budget_seconds + budget_seconds()
+                    )
+                    if writer:
+                        checkpoint.save(ckpt_path, (params, opt_state), saved, config.to_dict())
+        finally:
+            bar.close()
+
+        test_keys = episode_keys(test_key, config.eval.test_episodes)
+        test = make_evaluator(images["test"], test_keys, t.test_way, t.test_shot, t.test_query, eval_metrics)
+        accuracies = np.asarray(test(params))
+        out.write_params(serialization.to_bytes(params))
+        nan = float("nan")
+        summary = {
+            "status": status,
+            **accuracy_stats(accuracies),
+            "best_val_accuracy": nan if progress.best_val is None else progress.best_val,
+            "final_val_accuracy": nan if progress.val_acc is None else progress.val_acc,
+            "episodes": progress.step,
+            "stopped_by_budget": stopped_by_budget,
+            "resumed": resuming,
+            "wall_time_s": elapsed(),
+            "num_params": n_params,
+            "estimator": e.name,
+            "alpha": config.alpha,
+            "sigma": {"wsr": config.sigma, "finite_diff": e.fd_sigma}.get(e.name),  # the perturbation used
+            "pop_per_shard": e.pop_per_shard if e.is_es else None,  # as run (after the scale's caps)
+            "population": e.pop_per_shard * shards if e.is_es else None,
+            "shards": shards,
+            "hardware": config.hardware.name,
+            "sweep": job.sweep,
+            "scale": config.scale.name,
+            "config": config.to_dict(),
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in mesh.devices.flat],
+            "processes": jax.process_count(),
+            "versions": versions(),
+            "overrides": list(job.overrides),
+            "job_name": job.job_name,
+        }
+        tracker.summary({k: v for k, v in summary.items() if k not in ("config", "versions", "devices", "overrides")})
+        out.finish(summary)
+        ckpt_path.unlink(missing_ok=True)  # the run is complete: params.msgpack and the summary replace it
     return summary

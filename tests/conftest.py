@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,53 @@ def esmeta_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         yield path
     finally:
         os.environ.pop("ESMETA_CACHE_DIR", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """JAX's persistent compilation cache in a session temp dir (unless the caller set one), shared by the
+    suite's subprocesses, never the user's."""
+    preset = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if preset:
+        yield Path(preset)
+        return
+    path = tmp_path_factory.mktemp("jax_cache")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wandb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """W&B's config, cache and artifact folders in a session temp dir: tests never touch the user's home."""
+    path = tmp_path_factory.mktemp("wandb_home")
+    names = ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ[name] = str(path / name.lower())
+    try:
+        yield path
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def table2_smoke_sweep(tmp_path_factory: pytest.TempPathFactory, omniglot32: Omniglot) -> Path:
+    """`python -m esmeta.run sweep=table2 scale=smoke` (the real CLI, offline W&B), run once per session."""
+    sweep_dir = tmp_path_factory.mktemp("sweeps") / "table2_smoke"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "esmeta.run", "sweep=table2", "scale=smoke", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=sweep_dir.parent, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,115 @@
+"""Checkpoints and resumption: a run killed with SIGKILL mid-epoch and resumed ends exactly like an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flax import serialization
+
+from esmeta.results import read_metrics, read_summary
+from esmeta.train import config_difference
+
+EPISODES_PER_EPOCH = 60
+CHECKPOINT_EVERY = 7
+WSR_RUN = [
+    "estimator=wsr", "estimator.pop_per_shard=6", "hardware=tpu-v3-8",  # 8 logical shards on one CPU
+    "task.train_way=5", "task.shot=1", "task.query=2", "task.test_query=5", "model.channels=8",
+    "train.epochs=3", f"train.episodes_per_epoch={EPISODES_PER_EPOCH}", f"train.checkpoint_every={CHECKPOINT_EVERY}",
+    "eval.val_episodes=3", "eval.test_episodes=20", "logger=none",
+]
+
+
+def command(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "esmeta.run", *WSR_RUN, *extra, f"hydra.run.dir={run_dir}"]
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    """Episodes done according to the run's checkpoint (None while there is none)."""
+    try:
+        blob = serialization.msgpack_restore((run_dir / "checkpoint.msgpack").read_bytes())
+    except FileNotFoundError:
+        return None
+    return json.loads(blob["progress"])["step"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, omniglot32) -> Path:
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    proc = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600, cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory, omniglot32) -> tuple[Path, int]:
+    """The same run, SIGKILLed right after a checkpoint that falls inside an epoch, then rerun as is."""
+    run_dir = tmp_path_factory.mktemp("killed") / "run"
+    proc = subprocess.Popen(command(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=run_dir.parent)
+    killed_at = None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        step = checkpoint_step(run_dir)
+        if step is not None and step > EPISODES_PER_EPOCH and step % EPISODES_PER_EPOCH:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_at = step
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert killed_at is not None, f"the run ended (rc {proc.returncode}) before it could be killed mid-epoch"
+    # What a killed run leaves behind never looks complete.
+    assert not (run_dir / "done").exists() and not (run_dir / "summary.json").exists()
+    resumed = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600, cwd=run_dir.parent)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return run_dir, killed_at
+
+
+def test_killed_then_resumed_run_ends_with_the_same_summary(uninterrupted, killed_and_resumed):
+    run_dir, killed_at = killed_and_resumed
+    assert EPISODES_PER_EPOCH < killed_at < 3 * EPISODES_PER_EPOCH and killed_at % CHECKPOINT_EVERY == 0
+    a, b = read_summary(uninterrupted), read_summary(run_dir)
+    assert b["resumed"] is True and a["resumed"] is False
+    for key in ("status", "episodes", "test_accuracy", "test_accuracy_std", "best_val_accuracy",
+                "final_val_accuracy", "population", "shards"):
+        assert a[key] == b[key], key  # bitwise on CPU: same episodes, same candidates, same float32 arithmetic
+    assert (uninterrupted / "params.msgpack").read_bytes() == (run_dir / "params.msgpack").read_bytes()
+    assert not (run_dir / "checkpoint.msgpack").exists()  # a finished run keeps params + summary only
+
+
+def test_resumed_metrics_have_each_epoch_once_with_the_same_values(uninterrupted, killed_and_resumed):
+    run_dir, _ = killed_and_resumed
+    timing = {"wall_time_s", "es/candidates_per_s"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    straight, resumed = list(read_metrics(uninterrupted)), list(read_metrics(run_dir))
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert strip(resumed) == strip(straight)
+
+
+def test_rerunning_a_finished_run_keeps_it(uninterrupted):
+    before = (uninterrupted / "summary.json").read_bytes()
+    proc = subprocess.run(command(uninterrupted), capture_output=True, text=True, timeout=600,
+                          cwd=uninterrupted.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (uninterrupted / "summary.json").read_bytes() == before
+    assert "already holds this finished run" in proc.stderr + proc.stdout
+
+
+def test_resuming_with_another_configuration_is_refused_in_one_line(uninterrupted):
+    proc = subprocess.run(command(uninterrupted, "alpha=2"), capture_output=True, text=True, timeout=600,
+                          cwd=uninterrupted.parent)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "alpha: 1.0 -> 2.0" in lines[0] and "train.resume=false" in lines[0]
+
+
+def test_config_difference_ignores_settings_that_do_not_change_the_math():
+    saved = {"alpha": 1.0, "train": {"epochs": 3, "progress": "on", "max_minutes": 0.0}, "logger": {"name": "wandb"}}
+    same = {"alpha": 1.0, "train": {"epochs": 3, "progress": "off", "max_minutes": 45.0}, "logger": {"name": "none"}}
+    assert config_difference(saved, same) is None
+    assert config_difference(saved, {**same, "train": {**same["train"], "epochs": 4}}) == "train.epochs: 3 -> 4"
