@@ -13,7 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def run_quick(script: str, tmp_path: Path) -> list[dict]:
     args = [sys.executable, str(BENCHMARKS / script), "--quick"]
-    if script != "grad_quality.py":
+    if script not in ("grad_quality.py", "population_throughput.py"):
         args += ["--out", str(tmp_path)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,3 +44,11 @@ def test_grad_quality_quick(tmp_path, omniglot32):
     assert fd and all(r["cosine_to_backprop"] > 0.99 for r in fd)  # all coordinates of a small net
     wsr = sorted((p, r["cosine_to_backprop"]) for (e, p), r in by.items() if e == "wsr")
     assert len(wsr) >= 2 and wsr[-1][1] > wsr[0][1]  # more candidates, closer to the gradient
+
+
+def test_population_throughput_quick(tmp_path, omniglot32):
+    lines = run_quick("population_throughput.py", tmp_path)
+    assert {r["impl"] for r in lines} == {"esmeta", "naive_vmap"}
+    for row in lines:
+        assert {"channels", "population", "impl", "candidates_per_s", "gflops", "matmul_peak_gflops"} <= row.keys()
+        assert row["candidates_per_s"] > 0 and 0 < row["gflops"] < row["matmul_peak_gflops"] * 1.5

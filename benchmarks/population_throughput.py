@@ -1,0 +1,133 @@
+"""Candidates evaluated per second by a wsr step, against the naive population vmap and the machine's matmul peak.
+
+For channels 16, 32, 64 and populations 64, 256, 1024, on one fixed real 10-way 5-shot (+5 query)
+32x32 episode, prints one JSON line per (channels, population, impl):
+  impl=esmeta      the jitted wsr estimate (fitnesses + the weighted sum of regenerated noise), as training runs it
+  impl=naive_vmap  what evosax / EvoJAX users write: the (population x params) noise matrix, then
+                   jax.vmap of the flax ProtoNet loss over candidate parameters with the episode shared.
+                   It is measured on min(population, --naive-cap) candidates (the full vmap at 64 channels and
+                   population 1024 would need ~27 GB of activations); its rate hardly depends on the population.
+gflops counts the forward pass's convolution and distance FLOPs per candidate (analytic, see forward_flops)
+times candidates/s; matmul_peak_gflops is a dense float32 2048x2048 matmul measured in the same process.
+    python benchmarks/population_throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from esmeta.config import EstimatorConfig
+from esmeta.data.episodes import sample_episode
+from esmeta.data.omniglot import load_omniglot
+from esmeta.data.splits import split_classes
+from esmeta.estimators import make_estimator
+from esmeta.protonet import ConvEmbedding, init_params, make_loss_fn, prototypes, similarity
+
+WAY, SHOT, QUERY, SIZE = 10, 5, 5, 32
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="16 channels, population 64 (seconds)")
+    parser.add_argument("--data-root", default=os.environ.get("ESMETA_DATA_DIR"), help="folder with the Omniglot zips")
+    parser.add_argument("--naive-cap", type=int, default=64, help="most candidates the naive vmap evaluates at once")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per point (the best is kept)")
+    return parser.parse_args(argv)
+
+
+def forward_flops(channels: int, n_images: int = WAY * (SHOT + QUERY), size: int = SIZE) -> float:
+    """FLOPs of one candidate's forward pass: 2 x MACs of the four 3x3 convs, plus the query-prototype distances."""
+    flops, c_in, s = 0.0, 1, size
+    for _ in range(4):
+        flops += 2.0 * n_images * s * s * 9 * c_in * channels
+        c_in, s = channels, s // 2
+    return flops + 2.0 * WAY * QUERY * WAY * channels * s * s
+
+
+def best_seconds(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_peak_gflops(repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    return 2 * 2048**3 / best_seconds(lambda: mm(a), repeats) / 1e9
+
+
+def naive_loss_fn(channels: int):
+    """The loss as a flax user writes it: ConvEmbedding.apply on support+query, prototypes, log-softmax."""
+    model = ConvEmbedding(channels)
+
+    def loss(params, episode):
+        z = model.apply({"params": params}, jnp.concatenate([episode.support, episode.query]))
+        logits = similarity(z[WAY * SHOT :], prototypes(z[: WAY * SHOT], WAY), "euclidean")
+        labels = jnp.repeat(jnp.arange(WAY), QUERY)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+    return loss
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    data = load_omniglot(args.data_root, SIZE, "antialias", None, download=False)
+    train = data.images[split_classes(data.class_names, "paper", 0)["train"]]
+    episode = jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(0), train, WAY, SHOT, QUERY)
+    peak = matmul_peak_gflops()
+    channels_list, populations = ((16,), (64,)) if args.quick else ((16, 32, 64), (64, 256, 1024))
+    common = {"backend": jax.default_backend(), "jax": jax.__version__, "cores": len(os.sched_getaffinity(0)),
+              "way": WAY, "shot": SHOT, "query": QUERY, "matmul_peak_gflops": round(peak, 1)}
+    rows = []
+    for channels in channels_list:
+        mu = init_params(jax.random.key(1), channels, SIZE)
+        flat, unravel = ravel_pytree(mu)
+        flops = forward_flops(channels)
+        loss = make_loss_fn(way=WAY, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
+        naive_loss = jax.jit(jax.vmap(naive_loss_fn(channels), in_axes=(0, None)))
+        for population in populations:
+            config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=population)
+            estimate = jax.jit(make_estimator(config, 0.01, loss, None, 1))
+            seconds = best_seconds(lambda: estimate(jax.random.key(2), mu, episode), args.repeats)
+            n_naive = min(population, args.naive_cap)
+
+            def naive():  # materialize the population matrix, then vmap the loss over it
+                noise = 0.01 * jax.random.normal(jax.random.key(2), (n_naive, flat.size))
+                return naive_loss(jax.vmap(unravel)(flat + noise), episode)
+
+            naive_seconds = best_seconds(naive, args.repeats)
+            for impl, n, secs in (("esmeta", population, seconds), ("naive_vmap", n_naive, naive_seconds)):
+                rate = n / secs
+                row = {"channels": channels, "population": population, "impl": impl, "measured_candidates": n,
+                       "params": int(flat.size), "seconds": round(secs, 4), "candidates_per_s": round(rate, 1),
+                       "gflops": round(rate * flops / 1e9, 2), "share_of_matmul_peak": round(rate * flops / 1e9 / peak, 4),
+                       **common}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+
+    print(f"\nmatmul peak {peak:.0f} GFLOP/s on {common['cores']} {common['backend']} cores", file=sys.stderr)
+    print(f"{'channels':>8} {'population':>10} {'esmeta/s':>9} {'naive/s':>8} {'speedup':>8} {'GFLOP/s':>8} {'of peak':>8}",
+          file=sys.stderr)
+    by = {(r["channels"], r["population"], r["impl"]): r for r in rows}
+    for channels in channels_list:
+        for population in populations:
+            e, n = by[channels, population, "esmeta"], by[channels, population, "naive_vmap"]
+            print(f"{channels:>8} {population:>10} {e['candidates_per_s']:>9.0f} {n['candidates_per_s']:>8.1f} "
+                  f"{e['candidates_per_s'] / n['candidates_per_s']:>7.1f}x {e['gflops']:>8.1f} "
+                  f"{e['share_of_matmul_peak']:>8.1%}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
