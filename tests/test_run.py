@@ -159,3 +159,28 @@ def test_cli_help_lists_config_groups(tmp_path):
     for group in ("estimator:", "distance:", "task:", "model:", "data:", "hardware:", "experiment:"):
         assert group in proc.stdout
     assert "backprop" in proc.stdout and "20way_5shot" in proc.stdout and "quickstart" in proc.stdout
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on_then_a_rerun_finishes_only_it(tmp_path, omniglot32):
+    """Job 1 cannot write its parameters (a directory is in the way): it records `failed`, jobs 0 and 2 complete,
+    the command exits non-zero; rerun into the same sweep directory, only job 1 trains again."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "train.epochs=1", "task.shot=1,2,3", "logger=none", f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.subdir=${hydra.job.num}"]
+    blocked = sweep / "1" / "params.msgpack"
+    blocked.mkdir(parents=True)
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode != 0
+    summaries = {p.parent.name: read_summary(p.parent) for p in sweep.glob("*/summary.json")}
+    assert len(summaries) == 3
+    failed = summaries[blocked.parent.name]
+    assert failed["status"] == "failed" and "params.msgpack" in failed["error"] and failed["config"]["task"]["shot"] == 2
+    others = {name: s for name, s in summaries.items() if name != blocked.parent.name}
+    assert all(s["status"] == "completed" for s in others.values())
+
+    blocked.rmdir()
+    before = {name: (sweep / name / "summary.json").read_bytes() for name in others}
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_summary(blocked.parent)["status"] == "completed"
+    assert {name: (sweep / name / "summary.json").read_bytes() for name in others} == before  # not retrained
