@@ -2,7 +2,8 @@
 
 For a fixed mu (init_params at --seed) and a fixed 10-way 5-shot 5-query training episode, prints one
 JSON line per (estimator, population) with the cosine to jax.grad of the ProtoNet loss:
-finite differences over all coordinates of a small net, and WSR (eq. 9) at growing populations.
+finite differences over all coordinates of a small net, WSR (eq. 9) at growing populations, and WSR with
+low-rank (EGGROLL-style) perturbations (estimator.rank, beyond the paper) at the same populations.
     python benchmarks/grad_quality.py --quick      # about a minute on a 2-core CPU (full run: ~10 min)
 A table follows on stderr.
 """
@@ -109,6 +110,17 @@ def main(argv: list[str] | None = None) -> None:
         report(rows, estimator="wsr", population=population, channels=16, params=num_params(mu), sigma=args.sigma,
                cosine_to_backprop=float(np.mean(cosines)), cosine_std=float(np.std(cosines)), repeats=repeats,
                seconds=seconds, candidates_per_s=population / seconds, compile_seconds=compile_s, **common)
+
+    # Low-rank (EGGROLL-style) perturbations, beyond the paper: the same populations, rank 1 and 4.
+    for rank in (1,) if args.quick else (1, 4):
+        for population in populations[:2] if args.quick else populations:
+            config = EstimatorConfig(name="wsr", pop_per_shard=population, eval_mode=args.eval_mode, rank=rank)
+            results, compile_s, seconds = run(config, args.sigma, loss, mu, episode, list(range(1, repeats + 1)))
+            cosines = [cosine(g, true) for g, _ in results]
+            report(rows, estimator=f"wsr_rank{rank}", population=population, channels=16, params=num_params(mu),
+                   sigma=args.sigma, rank=rank, cosine_to_backprop=float(np.mean(cosines)),
+                   cosine_std=float(np.std(cosines)), repeats=repeats, seconds=seconds,
+                   candidates_per_s=population / seconds, compile_seconds=compile_s, **common)
 
     print(f"\n{'estimator':<20} {'population':>10} {'params':>7} {'cosine':>8} {'seconds':>8}", file=sys.stderr)
     for row in rows:

@@ -107,6 +107,7 @@ class EstimatorConfig:
     weight_decay: float = 0.0  # L2 pull of mu towards 0, added to the update
     pop_per_shard: int = 1
     antithetic: bool = False
+    rank: int = 0  # wsr: 0 = full-rank Gaussian perturbations (the paper); r > 0 = rank-r matrix perturbations
     fitness_shaping: str = "zscore"
     normalize: str = "per_shard"
     fd_sigma: float = 1e-3
@@ -320,6 +321,7 @@ def validate(config: Config) -> None:
     _choice("estimator.fitness_shaping", e.fitness_shaping, FITNESS_SHAPINGS)
     _choice("estimator.normalize", e.normalize, NORMALIZATIONS)
     _choice("estimator.eval_mode", e.eval_mode, EVAL_MODES)
+    _positive("estimator.rank", e.rank, allow_zero=True)
     _positive("estimator.chunk_size", e.chunk_size, allow_zero=True)
     if e.is_es:
         _positive("estimator.pop_per_shard", e.pop_per_shard)

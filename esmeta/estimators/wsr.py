@@ -9,6 +9,7 @@ Shards (the paper's TPU cores) z-score their own population and the step average
 all-reduce); `normalize="global"` z-scores the whole population instead. Candidate i's noise comes
 from fold_in(key, i), so any device count gives the same candidates; with `antithetic`, odd i mirrors i-1.
 Non-finite fitnesses are masked (weight 0, excluded from the statistics) and counted.
+`rank` > 0 draws low-rank matrix perturbations instead (EGGROLL-style, see `candidate_noise`).
 """
 
 from __future__ import annotations
@@ -24,18 +25,40 @@ from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_fr
 from esmeta.estimators.population import LocalShards, run_sharded
 
 
-def candidate_noise(key: jax.Array, like: Params, index: jax.Array, sigma: float, antithetic: bool) -> Params:
-    """eps_i = sigma * N(0, I) shaped like `like`, from fold_in(key, i); antithetic: eps_{2p+1} = -eps_{2p}.
+def candidate_noise(
+    key: jax.Array, like: Params, index: jax.Array, sigma: float, antithetic: bool, rank: int = 0
+) -> Params:
+    """eps_i shaped like `like`, from fold_in(key, i); antithetic: eps_{2p+1} = -eps_{2p}.
 
-    Drawn as one flat vector and unraveled into the leaves: one threefry call instead of one per leaf
-    (the per-leaf draw took ~10x longer to compile on CPU for the 16 ProtoNet leaves).
+    rank 0 (the paper): eps_i = sigma * N(0, I), drawn as one flat vector and unraveled into the leaves
+    (one threefry call; the per-leaf draw took ~10x longer to compile on CPU for the ProtoNet's 16 leaves).
+    rank r > 0 (EGGROLL-style, beyond the paper): each weight matrix W (m x n; a conv kernel as
+    (kh*kw*c_in) x c_out) gets sigma / sqrt(r) * A B^T with A (m x r), B (n x r) ~ N(0, 1), so every
+    entry still has variance sigma^2 but the candidate costs r(m + n) random numbers instead of mn;
+    vectors (biases, batch-norm scales) stay full-rank.
     """
-    flat, unravel = ravel_pytree(like)  # only the shapes are used; XLA drops the concatenation
     sign = 1.0
     if antithetic:
         sign = 1.0 - 2.0 * (index % 2)
         index = index - index % 2
-    return unravel(sign * sigma * jax.random.normal(jax.random.fold_in(key, index), flat.shape, flat.dtype))
+    key = jax.random.fold_in(key, index)
+    if rank <= 0:
+        flat, unravel = ravel_pytree(like)  # only the shapes are used; XLA drops the concatenation
+        return unravel(sign * sigma * jax.random.normal(key, flat.shape, flat.dtype))
+    leaves, treedef = jax.tree.flatten(like)
+    sizes = [(x.size // x.shape[-1] + x.shape[-1]) * rank if x.ndim > 1 else x.size for x in leaves]
+    draws = jax.random.normal(key, (sum(sizes),), leaves[0].dtype)
+    out, start = [], 0
+    for x, size in zip(leaves, sizes):
+        z = draws[start : start + size]
+        start += size
+        if x.ndim > 1:
+            m, n = x.size // x.shape[-1], x.shape[-1]
+            a, b = z[: m * rank].reshape(m, rank), z[m * rank :].reshape(n, rank)
+            out.append((sign * sigma / rank**0.5 * a @ b.T).reshape(x.shape))
+        else:
+            out.append((sign * sigma * z).reshape(x.shape))
+    return jax.tree.unflatten(treedef, out)
 
 
 def shape_fitness(fitness_n: jax.Array, shaping: str) -> jax.Array:
@@ -66,7 +89,7 @@ def make_wsr(config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh 
     pps = config.pop_per_shard
 
     def local(key: jax.Array, params: Params, batch: Batch, where: LocalShards):
-        noise = lambda i: candidate_noise(key, params, i, sigma, config.antithetic)  # noqa: E731
+        noise = lambda i: candidate_noise(key, params, i, sigma, config.antithetic, config.rank)  # noqa: E731
         fitness_of = lambda i: fitness_from_loss(  # noqa: E731
             loss_fn(jax.tree.map(jnp.add, params, noise(i)), batch)
         )
