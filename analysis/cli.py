@@ -1,0 +1,130 @@
+"""What `make_tables` and `make_figures` share: arguments, loading a source, one-line errors.
+
+Bad input (a missing results directory, one with no complete run, an unknown source, W&B without
+--entity/--project, an unknown table or figure name) raises `UsageError`; `main` prints it as
+`<prog>: error: <message>` on stderr and returns 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from analysis.load import Results, load_results
+from analysis.paper import Entry, load_manifest
+
+SOURCES = ("local", "wandb")
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), raised for `main` to report."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser(prog: str, description: str, out_name: str, only: Sequence[str]) -> Parser:
+    """The common arguments; `out_name` is the default output folder under the results directory."""
+    parser = Parser(prog=prog, description=description)
+    parser.add_argument("--results", metavar="DIR", type=Path,
+                        help="results directory: every run (a folder with summary.json and a `done` marker) "
+                             "below it is read; required for --source local")
+    parser.add_argument("--out", metavar="DIR", type=Path,
+                        help=f"output directory (default: DIR/{out_name} under --results; with --source wandb "
+                             f"and no --results: ./wandb-ENTITY-PROJECT/{out_name})")
+    parser.add_argument("--source", default="local",
+                        help="where the runs are: local (default, --results) or wandb (--entity, --project; "
+                             "W&B's public API, full histories)")
+    parser.add_argument("--entity", help="W&B entity (user or team), for --source wandb")
+    parser.add_argument("--project", help="W&B project, for --source wandb")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help=f"only these ({', '.join(only)})")
+    parser.add_argument("--manifest", type=Path, metavar="FILE",
+                        help="sweep manifest (default: sweeps/manifest.yaml; built-in defaults without it)")
+    return parser
+
+
+def check_args(args: argparse.Namespace, only: Sequence[str]) -> None:
+    """Reject bad combinations before any work."""
+    if args.source not in SOURCES:
+        raise UsageError(f"--source {args.source!r} is not one of: {', '.join(SOURCES)}")
+    if args.source == "local":
+        if args.results is None:
+            raise UsageError("--results DIR is required (the directory the sweeps wrote)")
+        if not args.results.is_dir():
+            raise UsageError(f"--results {args.results}: no such directory")
+    else:
+        lacking = [flag for flag, value in (("--entity", args.entity), ("--project", args.project)) if not value]
+        if lacking:
+            raise UsageError(f"--source wandb needs {' and '.join(lacking)}")
+    unknown = [name for name in args.only or [] if name not in only]
+    if unknown:
+        raise UsageError(f"--only {' '.join(unknown)}: unknown; choose from {', '.join(only)}")
+
+
+def manifest(path: Path | None) -> dict[str, Entry]:
+    """The sweep manifest (--manifest, else sweeps/manifest.yaml, else the built-in defaults)."""
+    if path is not None and not path.is_file():
+        raise UsageError(f"--manifest {path}: no such file")
+    try:
+        return load_manifest(path)
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+
+
+def out_dir(args: argparse.Namespace, out_name: str) -> Path:
+    """--out, or its default (see --help)."""
+    if args.out is not None:
+        return args.out
+    if args.results is not None:
+        return args.results / out_name
+    return Path(f"wandb-{args.entity}-{args.project}") / out_name
+
+
+def load_source(args: argparse.Namespace) -> Results:
+    """The runs of the chosen source; no complete run at all is a usage error."""
+    if args.source == "local":
+        results = load_results(args.results)
+    else:
+        from analysis.wandb_source import load_wandb
+
+        try:
+            results = load_wandb(args.entity, args.project)
+        except Exception as e:  # network, auth, unknown project: report, never a traceback
+            raise UsageError(f"could not read W&B project {args.entity}/{args.project}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if results.runs.empty:
+        detail = f"; {len(results.skipped)} incomplete runs skipped" if results.skipped else ""
+        raise UsageError(f"no complete runs in {results.source} (a run is complete once it writes `done`){detail}")
+    return results
+
+
+def describe(results: Results) -> str:
+    """One line: how many runs, by status, and how many were skipped."""
+    counts = results.runs["status"].value_counts()
+    parts = ", ".join(f"{counts[s]} {s}" for s in counts.index)
+    line = f"{len(results.runs)} runs from {results.source} ({parts})"
+    if results.skipped:
+        line += f"; {len(results.skipped)} incomplete runs skipped"
+    return line
+
+
+def report_skipped(prog: str, results: Results) -> None:
+    """Every skipped run on stderr, one line each."""
+    for skipped in results.skipped:
+        print(f"{prog}: skipped incomplete run {skipped.run}: {skipped.reason}", file=sys.stderr)
+
+
+def main(prog: str, body: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run `body`, turning a `UsageError` into one line on stderr and exit status 2."""
+    try:
+        return body(argv)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,268 @@
+"""Load every run under a results directory into one tidy DataFrame, with per-epoch curves.
+
+A run is a directory (a Hydra job) holding `summary.json`, `metrics.jsonl` and, written last, an
+empty `done` marker. Only runs with the marker are loaded; every other run directory found (a
+summary without `done`, a checkpoint only, a Hydra job that never started training) is listed in
+`Results.skipped` with the reason, never mixed in.
+
+Columns of `Results.runs` (one row per run):
+  run_id, path, status, error, sweep, scale        identity and outcome ("completed", "collapsed", "failed")
+  estimator, hardware, tpu, seed                   requested configuration ...
+  alpha, sigma, fd_sigma, channels, distance       ... sigma only for wsr, fd_sigma only for finite_diff
+  pop_per_shard, shards, total_pop                 ... the *requested* population (what the paper's tables
+                                                       mean); total_pop = pop_per_shard x shards, or the
+                                                       effective population where shards = 0 (one per GPU)
+  train_way, shot, query, test_way, test_shot, test_query, epochs, episodes_per_epoch
+  effective_population, effective_pop_per_shard, effective_shards   what actually ran (smaller under scale=smoke)
+  test_accuracy, test_accuracy_std (ddof=1 over test episodes), test_accuracy_ci95, test_episodes,
+  best_val_accuracy, final_val_accuracy, episodes, stopped_by_budget, wall_time_s, num_params, backend
+  config.<dotted.key>                               every leaf of the requested config, flattened
+Missing values (JSON null, absent keys, NaN) are NaN/None.
+
+`Results.curves` is long: one row per run and epoch (`run_id`, `epoch`, `episode`, `val/accuracy`,
+`train/loss`, `es/...`, `wall_time_s`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+DONE = "done"
+# Any of these in a directory makes it a run directory (complete or not).
+RUN_MARKERS = (DONE, SUMMARY, METRICS, "params.msgpack", ".hydra")
+
+SUMMARY_FLOATS = (
+    "test_accuracy",
+    "test_accuracy_std",
+    "test_accuracy_ci95",
+    "best_val_accuracy",
+    "final_val_accuracy",
+    "wall_time_s",
+)
+SUMMARY_INTS = ("test_episodes", "episodes", "num_params")
+NON_FINITE_TEXT = ("nan", "inf", "-inf", "infinity", "-infinity")  # how some JSON writers spell NaN
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A run left out of the analysis, and why."""
+
+    run: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.run}: {self.reason}"
+
+
+@dataclass
+class Results:
+    """All complete runs of one source: a row per run, their per-epoch curves, and what was skipped."""
+
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    skipped: list[Skipped] = field(default_factory=list)
+    source: str = ""
+
+    def curve(self, run_id: str) -> pd.DataFrame:
+        """One run's per-epoch rows, by epoch."""
+        rows = self.curves[self.curves["run_id"] == run_id]
+        return rows.sort_values("epoch").reset_index(drop=True)
+
+
+def number(value: Any) -> float:
+    """A JSON value as a float: null, missing, "NaN" or a non-number become NaN."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+def dig(tree: Mapping[str, Any] | None, dotted: str) -> Any:
+    """`tree["a"]["b"]` for "a.b", or None where any level is missing."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": leaf}; lists stay as values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _int_or_none(value: Any) -> int | None:
+    v = number(value)
+    return None if math.isnan(v) else int(v)
+
+
+def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One DataFrame row from a run's summary and requested config (the summary's own `config` by default).
+
+    Shared by the local and W&B sources, so both build the same columns from the same keys.
+    """
+    config = summary.get("config") if config is None else config
+    config = config if isinstance(config, Mapping) else {}
+    estimator = dig(config, "estimator.name") or summary.get("estimator")
+    hardware = dig(config, "hardware.name")
+    pop_per_shard = _int_or_none(dig(config, "estimator.pop_per_shard"))
+    shards = _int_or_none(dig(config, "hardware.shards"))
+    effective_population = _int_or_none(summary.get("population"))
+    es = estimator is not None and estimator != "backprop"
+    if not es:
+        pop_per_shard = total_pop = None
+    elif pop_per_shard is not None and shards:
+        total_pop = pop_per_shard * shards
+    else:  # shards = 0: one per device, known only from what ran
+        total_pop = effective_population
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "status": summary.get("status"),
+        "error": summary.get("error"),
+        "sweep": summary.get("sweep"),
+        "scale": summary.get("scale") or dig(config, "scale.name"),
+        "estimator": estimator,
+        "hardware": hardware,
+        "tpu": hardware[len("tpu-"):] if isinstance(hardware, str) and hardware.startswith("tpu-") else None,
+        "seed": _int_or_none(dig(config, "seed")),
+        "alpha": number(dig(config, "alpha")),
+        "sigma": number(dig(config, "sigma")) if estimator == "wsr" else math.nan,
+        "fd_sigma": number(dig(config, "estimator.fd_sigma")) if estimator == "finite_diff" else math.nan,
+        "channels": _int_or_none(dig(config, "model.channels")),
+        "distance": dig(config, "distance.name"),
+        "pop_per_shard": pop_per_shard,
+        "shards": shards,
+        "total_pop": total_pop,
+        "train_way": _int_or_none(dig(config, "task.train_way")),
+        "shot": _int_or_none(dig(config, "task.shot")),
+        "query": _int_or_none(dig(config, "task.query")),
+        "test_way": _int_or_none(dig(config, "task.test_way")),
+        "test_shot": _int_or_none(dig(config, "task.test_shot")),
+        "test_query": _int_or_none(dig(config, "task.test_query")),
+        "epochs": _int_or_none(dig(config, "train.epochs")),
+        "episodes_per_epoch": _int_or_none(dig(config, "train.episodes_per_epoch")),
+        "effective_population": effective_population,
+        "effective_pop_per_shard": _int_or_none(summary.get("pop_per_shard")),
+        "effective_shards": _int_or_none(summary.get("shards")),
+        **{key: number(summary.get(key)) for key in SUMMARY_FLOATS},
+        **{key: _int_or_none(summary.get(key)) for key in SUMMARY_INTS},
+        "stopped_by_budget": summary.get("stopped_by_budget"),
+        "backend": summary.get("backend"),
+    }
+    record.update({f"config.{k}": v for k, v in flatten(config).items()})
+    return record
+
+
+def curve_records(run_id: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch metric rows tagged with their run; null metrics become NaN."""
+    out = []
+    for row in rows:
+        record: dict[str, Any] = {"run_id": run_id}
+        for key, value in row.items():
+            text_nan = isinstance(value, str) and value.strip().lower() in NON_FINITE_TEXT
+            record[key] = value if isinstance(value, str) and not text_nan else number(value)
+        out.append(record)
+    return out
+
+
+def assemble(
+    records: list[dict[str, Any]], curves: list[dict[str, Any]], skipped: list[Skipped], source: str
+) -> Results:
+    """`Results` from rows built by `run_record` and `curve_records` (any source)."""
+    runs = pd.DataFrame.from_records(records)
+    if not runs.empty:
+        runs = runs.sort_values("run_id", kind="stable").reset_index(drop=True)
+    curve_frame = pd.DataFrame.from_records(curves)
+    if curve_frame.empty:
+        curve_frame = pd.DataFrame(columns=["run_id", "epoch", "episode", "val/accuracy"])
+    return Results(runs=runs, curves=curve_frame, skipped=sorted(skipped, key=lambda s: s.run), source=source)
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every directory under `root` (or `root` itself) that holds a run marker or a checkpoint.
+
+    Run directories do not nest: the walk does not descend into one, nor into hidden directories.
+    """
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        names = set(dirnames) | set(filenames)
+        if any(m in names for m in RUN_MARKERS) or any(n.startswith("checkpoint") for n in names):
+            found.append(Path(dirpath))
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return sorted(found)
+
+
+def _incomplete_reason(path: Path) -> str:
+    names = {p.name for p in path.iterdir()}
+    if SUMMARY in names:
+        return "no `done` marker: summary.json was written but the run did not finish"
+    if any(n.startswith("checkpoint") for n in names):
+        return "no `done` marker: checkpoint only (interrupted; rerun the same command to resume)"
+    return "no `done` marker: the run did not finish"
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    file = path / METRICS
+    if not file.is_file():
+        return []
+    rows = []
+    for number_, line in enumerate(file.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"unreadable {METRICS} line {number_}: {e.msg}") from None
+    return rows
+
+
+def load_results(root: str | Path) -> Results:
+    """All complete runs under `root` (the runs' `done` markers), their curves, and the runs skipped."""
+    root = Path(root)
+    records, curves, skipped = [], [], []
+    for path in find_run_dirs(root):
+        run_id = path.relative_to(root).as_posix() if path != root else path.name
+        if not (path / DONE).exists():
+            skipped.append(Skipped(run_id, _incomplete_reason(path)))
+            continue
+        try:
+            summary = json.loads((path / SUMMARY).read_text())
+            if not isinstance(summary, dict):
+                raise ValueError(f"{SUMMARY} is not a JSON object")
+            metrics = _read_metrics(path)
+        except FileNotFoundError:
+            skipped.append(Skipped(run_id, f"`done` marker but no {SUMMARY}"))
+            continue
+        except (ValueError, OSError) as e:
+            skipped.append(Skipped(run_id, f"unreadable results: {e}"))
+            continue
+        record = run_record(run_id, summary)
+        record["path"] = str(path)
+        records.append(record)
+        curves.extend(curve_records(run_id, metrics))
+    return assemble(records, curves, skipped, source=f"results directory {root}")

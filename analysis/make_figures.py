@@ -1,0 +1,52 @@
+"""Rebuild the paper's Figures 1-5 from our runs, as PNG and PDF.
+
+    python analysis/make_figures.py --results multirun/figure2_paper [--out DIR]
+    python analysis/make_figures.py --source wandb --entity E --project P
+
+Writes `figureN.png` (960 x 720 pixels) and `figureN.pdf` under --out (default: <results>/figures)
+and prints one line per figure: the files written, or why it was skipped (no runs for any of its
+configurations) with the sweep that produces them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the package, not this file's folder
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+from analysis import cli  # noqa: E402
+from analysis.figures import SPECS, make_figures  # noqa: E402
+
+PROG = "make_figures"
+NAMES = tuple(SPECS)
+DESCRIPTION = (
+    "Rebuild Figures 1-5 of Sheng & He 2021 from esmeta runs (PNG and PDF): 1 test accuracy against train way, "
+    "2 validation curves per channel count, 3 finite-differences learning rate against accuracy, 4 one-shot "
+    "against five-shot curves, 5 wsr against finite differences. Writes to --out (default: DIR/figures under "
+    "--results); a figure with no runs at all is reported and skipped."
+)
+
+
+def run(argv: list[str] | None) -> int:
+    parser = cli.build_parser(PROG, DESCRIPTION, "figures", NAMES)
+    args = parser.parse_args(argv)
+    cli.check_args(args, NAMES)
+    entries = cli.manifest(args.manifest)
+    results = cli.load_source(args)
+    cli.report_skipped(PROG, results)
+    print(f"{cli.describe(results)}.")
+    for outcome in make_figures(results, entries, cli.out_dir(args, "figures"), list(args.only or NAMES)):
+        print(outcome.report(entries[outcome.key].command))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(PROG, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Rebuild the paper's Tables I-VII from our runs, beside the paper's numbers, plus the memory table.
+
+    python analysis/make_tables.py --results multirun/table2_smoke [--out DIR]
+    python analysis/make_tables.py --source wandb --entity E --project P
+
+Prints the tables as markdown and writes, under --out (default: <results>/tables), for each table
+`tableN.md`, `tableN.tex`, `tableN.csv` (one row per paper row: configuration, the paper's and our
+numbers, run counts, notes), the same for `memory`, and `tables.md` with everything.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the package, not this file's folder
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+from analysis import cli  # noqa: E402
+from analysis.memory import memory_table, render_memory_latex, render_memory_markdown  # noqa: E402
+from analysis.paper import TABLE_KEYS, load_manifest, load_paper_table  # noqa: E402
+from analysis.tables import SPECS, build_table, render_latex, render_markdown  # noqa: E402
+
+PROG = "make_tables"
+NAMES = (*TABLE_KEYS, "memory")
+DESCRIPTION = (
+    "Rebuild Tables I-VII of Sheng & He 2021 from esmeta runs, each with our value beside the paper's "
+    "(mean ± std over seeds, ddof=1; one seed: its test accuracy ± std over test episodes), plus the analytic "
+    "memory table of Section II.E. Prints markdown; writes markdown, LaTeX and CSV files to --out "
+    "(default: DIR/tables under --results)."
+)
+
+
+def run(argv: list[str] | None) -> int:
+    parser = cli.build_parser(PROG, DESCRIPTION, "tables", NAMES)
+    args = parser.parse_args(argv)
+    cli.check_args(args, NAMES)
+    entries = cli.manifest(args.manifest)
+    results = cli.load_source(args)
+    cli.report_skipped(PROG, results)
+    names = args.only or list(NAMES)
+
+    documents: dict[str, tuple[str, str, object]] = {}  # name -> (markdown, latex, csv frame)
+    for key in names:
+        if key == "memory":
+            table = memory_table(load_paper_table(entries["table3"]))
+            documents[key] = (render_memory_markdown(table), render_memory_latex(table), table)
+        else:
+            built = build_table(SPECS[key], entries[key], load_paper_table(entries[key]), results.runs)
+            documents[key] = (render_markdown(built), render_latex(built), built.long)
+
+    header = f"# Tables\n\n{cli.describe(results)}.\n"
+    skipped = "".join(f"- {s}\n" for s in results.skipped)
+    full = "\n".join([header] + [doc[0] for doc in documents.values()])
+    if skipped:
+        full += f"\n## Skipped runs (no `done` marker or unreadable)\n\n{skipped}"
+    print(full, end="")
+
+    out = cli.out_dir(args, "tables")
+    out.mkdir(parents=True, exist_ok=True)
+    for key, (markdown, latex, frame) in documents.items():
+        (out / f"{key}.md").write_text(markdown)
+        (out / f"{key}.tex").write_text(latex)
+        frame.to_csv(out / f"{key}.csv", index=False)
+    (out / "tables.md").write_text(full)
+    print(f"\nWrote {len(documents)} tables (.md, .tex, .csv) and tables.md to {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(PROG, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Build the same `Results` as `load.load_results` from Weights & Biases' public API.
+
+For users whose runs live online: `wandb.Api().runs("ENTITY/PROJECT")`, each run's config and
+summary, and its *full* history through `run.scan_history()` (`run.history()` samples 500 points).
+
+The adapter touches only `run.id`, `run.name`, `run.state`, `run.config`, `run.summary` and
+`run.scan_history()`, so a recorded API response (tests/analysis/fixtures/) exercises the same code
+as the server. A W&B run counts as complete when its state is "finished" and its summary holds the
+run's `status`; every other run is listed in `Results.skipped`, like a local run without `done`.
+Per-epoch curves are the history rows that carry both `epoch` and `val/accuracy` (per-step rows
+lack the validation accuracy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from analysis.load import Results, Skipped, assemble, curve_records, run_record
+
+CURVE_KEYS = ("epoch", "val/accuracy")
+
+
+class ApiRun(Protocol):
+    """What the adapter reads of a `wandb.apis.public.Run`."""
+
+    id: str
+    name: str
+    state: str
+    config: Mapping[str, Any]
+    summary: Any
+
+    def scan_history(self) -> Iterable[Mapping[str, Any]]: ...
+
+
+def plain(value: Any) -> Any:
+    """W&B's dict-likes (HTTPSummary, SummarySubDict) as plain nested dicts; other values unchanged."""
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
+        return {str(k): plain(value[k]) for k in value.keys()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def load_wandb_runs(runs: Iterable[ApiRun], source: str) -> Results:
+    """`Results` from API run objects (real or recorded)."""
+    records, curves, skipped = [], [], []
+    for run in runs:
+        run_id = str(run.id)
+        label = f"{run_id} ({run.name})" if run.name and run.name != run_id else run_id
+        summary = plain(run.summary)
+        if run.state != "finished":
+            skipped.append(Skipped(label, f"W&B state is {run.state!r}, not 'finished'"))
+            continue
+        if "status" not in summary:
+            skipped.append(Skipped(label, "W&B summary has no `status`: not an esmeta run, or it never finished"))
+            continue
+        config = plain(run.config)
+        record = run_record(run_id, summary, config)
+        record["name"] = run.name
+        records.append(record)
+        epochs = [row for row in run.scan_history() if all(row.get(k) is not None for k in CURVE_KEYS)]
+        curves.extend(curve_records(run_id, ({k: v for k, v in r.items() if not k.startswith("_")} for r in epochs)))
+    return assemble(records, curves, skipped, source=source)
+
+
+def load_wandb(entity: str, project: str, api: Any = None) -> Results:
+    """All runs of `entity/project` through `wandb.Api()` (or the given API object)."""
+    if api is None:
+        import wandb  # imported here: the local source must not need it
+
+        api = wandb.Api()
+    path = f"{entity}/{project}"
+    return load_wandb_runs(api.runs(path), source=f"W&B project {path}")

@@ -1,0 +1,123 @@
+"""Synthetic results trees in the exact on-disk format of a run (summary.json, metrics.jsonl, done)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SHARDS = {"cpu": 1, "cpu8": 8, "gpu": 0, "tpu-v3-8": 8, "tpu-v3-256": 256, "tpu-v2-512": 512}
+
+
+def run_config(
+    *,
+    estimator: str = "wsr",
+    hardware: str = "tpu-v3-8",
+    alpha: float = 1.0,
+    sigma: float = 0.01,
+    channels: int = 16,
+    pop_per_shard: int = 128,
+    train_way: int = 10,
+    shot: int = 5,
+    test_way: int = 5,
+    distance: str = "euclidean",
+    seed: int = 0,
+    scale: str = "paper",
+) -> dict[str, Any]:
+    """The nested requested config a run records (esmeta.config.Config.to_dict's shape)."""
+    return {
+        "seed": seed,
+        "alpha": alpha,
+        "sigma": sigma,
+        "task": {"train_way": train_way, "shot": shot, "query": 5, "test_way": test_way, "test_shot": shot,
+                 "test_query": 15},
+        "model": {"channels": channels, "norm_stats": "episode"},
+        "distance": {"name": distance, "scale": 1.0},
+        "data": {"root": None, "image_size": 32, "split": "paper", "split_seed": 0, "resize_filter": "antialias"},
+        "train": {"epochs": 200, "episodes_per_epoch": 100, "max_minutes": 0},
+        "eval": {"val_episodes": 1, "test_episodes": 200, "seed": 2021},
+        "estimator": {"name": estimator, "optimizer": "sgd", "pop_per_shard": pop_per_shard, "fd_sigma": 0.001,
+                      "central": False, "antithetic": False},
+        "hardware": {"name": hardware, "shards": SHARDS[hardware], "platform": "any"},
+        "logger": {"name": "none"},
+        "scale": {"name": scale, "max_pop_per_shard": 4 if scale == "smoke" else 0,
+                  "max_shards": 8 if scale == "smoke" else 0},
+    }
+
+
+def write_run(
+    root: Path,
+    name: str,
+    *,
+    accuracy: float | None = 0.9,
+    accuracy_std: float | None = 0.01,
+    status: str = "completed",
+    done: bool = True,
+    sweep: str | None = None,
+    val_curve: list[float] | None = None,
+    **config_kwargs: Any,
+) -> Path:
+    """One run directory under `root/name` in the results format; returns its path."""
+    path = root / name
+    path.mkdir(parents=True)
+    config = run_config(**config_kwargs)
+    scale = config["scale"]["name"]
+    estimator = config["estimator"]["name"]
+    shards = config["hardware"]["shards"] or 1
+    pop = config["estimator"]["pop_per_shard"]
+    if scale == "smoke":
+        shards, pop = min(shards, 8), min(pop, 4)
+    if status == "failed":
+        summary: dict[str, Any] = {"status": "failed", "error": "RuntimeError: out of memory\ntraceback...",
+                                   "config": config}
+    else:
+        summary = {
+            "status": status,
+            "test_accuracy": accuracy,
+            "test_accuracy_std": accuracy_std,
+            "test_accuracy_ci95": None if accuracy_std is None else 1.96 * accuracy_std / math.sqrt(200),
+            "test_episodes": 200,
+            "best_val_accuracy": max(val_curve) if val_curve else None,
+            "final_val_accuracy": val_curve[-1] if val_curve else None,
+            "episodes": 20000,
+            "stopped_by_budget": False,
+            "wall_time_s": 12.5,
+            "num_params": 7248,
+            "estimator": estimator,
+            "alpha": config["alpha"],
+            "sigma": config["sigma"] if estimator == "wsr" else 0.001,
+            "population": pop * shards if estimator != "backprop" else None,
+            "pop_per_shard": pop if estimator != "backprop" else None,
+            "shards": shards,
+            "sweep": sweep,
+            "scale": scale,
+            "backend": "cpu",
+            "versions": {"jax": "0.10.2"},
+            "overrides": [],
+            "config": config,
+        }
+    (path / "summary.json").write_text(json.dumps(summary, indent=2))
+    with open(path / "metrics.jsonl", "w") as f:
+        for epoch, val in enumerate(val_curve or [], start=1):
+            f.write(json.dumps({"epoch": epoch, "episode": epoch * 100, "train/loss": 1.0 / epoch,
+                                "train/accuracy": val, "val/accuracy": val, "wall_time_s": float(epoch)}) + "\n")
+    if done:
+        (path / "done").write_text("")
+    return path
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    """An empty results directory."""
+    path = tmp_path / "results"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_run(results_dir: Path):
+    """`make_run(name, **kwargs)`: write one run under `results_dir` (see `write_run`)."""
+    return lambda name, **kwargs: write_run(results_dir, name, **kwargs)
