@@ -133,11 +133,16 @@ def _plain(value: Any) -> Any:
 
 
 def wandb_mode() -> str:
-    """The W&B mode: $WANDB_MODE, `offline` when unset; anything else than MODES is a one-line error."""
-    mode = os.environ.get("WANDB_MODE", "").strip() or DEFAULT_MODE
+    """The W&B mode: $WANDB_MODE; when unset `offline`, or `online` in a job that a W&B sweep agent started.
+
+    An agent (it sets WANDB_SWEEP_ID) reports each job back to its sweep, which only works online.
+    A value other than MODES is a one-line error.
+    """
+    default = "online" if os.environ.get("WANDB_SWEEP_ID") else DEFAULT_MODE
+    mode = os.environ.get("WANDB_MODE", "").strip() or default
     if mode not in MODES:
         raise EsmetaError(
-            f"WANDB_MODE={mode!r} is not an option; choose one of: {', '.join(MODES)} (unset: {DEFAULT_MODE})"
+            f"WANDB_MODE={mode!r} is not an option; choose one of: {', '.join(MODES)} (unset: {default})"
         )
     return mode
 

@@ -29,6 +29,7 @@ from esmeta.tracking import (
     open_tracker,
     run_name,
     run_tags,
+    wandb_mode,
 )
 
 WANDB = LoggerConfig(name="wandb", project="esmeta-test")
@@ -271,10 +272,19 @@ def test_no_tracking_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_wandb_mode_defaults_to_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
     tracker = open_tracker(WANDB, tmp_path, name="n", group=None, tags=[], config={})
     assert isinstance(tracker, WandbTracker) and tracker.run.settings.mode == "offline"
     tracker.finish()
     assert len(sync_dirs(tmp_path)) == 1
+
+
+def test_a_job_started_by_a_wandb_sweep_agent_defaults_to_online(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")  # set by `wandb agent` for the jobs it starts
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")  # an explicit mode still wins
+    assert wandb_mode() == "offline"
 
 
 def test_an_unknown_wandb_mode_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
