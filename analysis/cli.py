@@ -100,7 +100,7 @@ def load_source(args: argparse.Namespace) -> Results:
             raise UsageError(f"could not read W&B project {args.entity}/{args.project}: "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if results.runs.empty:
-        detail = f"; {len(results.skipped)} incomplete runs skipped" if results.skipped else ""
+        detail = f"; {count(len(results.skipped), 'incomplete run')} skipped" if results.skipped else ""
         raise UsageError(f"no complete runs in {results.source} (a run is complete once it writes `done`){detail}")
     return results
 
@@ -109,10 +109,15 @@ def describe(results: Results) -> str:
     """One line: how many runs, by status, and how many were skipped."""
     counts = results.runs["status"].value_counts()
     parts = ", ".join(f"{counts[s]} {s}" for s in counts.index)
-    line = f"{len(results.runs)} runs from {results.source} ({parts})"
+    line = f"{count(len(results.runs), 'run')} from {results.source} ({parts})"
     if results.skipped:
-        line += f"; {len(results.skipped)} incomplete runs skipped"
+        line += f"; {count(len(results.skipped), 'incomplete run')} skipped"
     return line
+
+
+def count(n: int, noun: str) -> str:
+    """"1 run", "2 runs"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def report_skipped(prog: str, results: Results) -> None:

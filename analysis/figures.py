@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 from analysis.load import Results  # noqa: E402
 from analysis.paper import Entry, load_paper_table, parse_number  # noqa: E402
@@ -251,8 +251,10 @@ def make_figure(key: str, results: Results, entries: dict[str, Entry], out: Path
         ax.set_title(_title(spec, entry, runs), fontsize="medium")
         ax.set_xlabel(spec.xlabel)
         ax.set_ylabel(spec.ylabel)
-        if spec.kind == "points" and spec.x == "train_way":
-            ax.set_xticks(sorted({parse_number(r["train_way"]) for r in rows}))
+        if spec.kind == "points":  # ticks at the paper's values, labelled as the paper prints them
+            ticks = {parse_number(r[spec.x]): (_lr(r) if spec.x == "learning_rate" else r[spec.x]) for r in rows}
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(sorted(ticks), [ticks[t] for t in sorted(ticks)])
         out.mkdir(parents=True, exist_ok=True)
         files = [out / f"{key}.png", out / f"{key}.pdf"]
         for f in files:

@@ -1,0 +1,242 @@
+"""Tables: exact cells from known runs, the paper's numbers beside them, reasons for what is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.load import load_results
+from analysis.paper import Entry, load_manifest, load_paper_table, paper_text
+from analysis.tables import SPECS, aggregate, build_table, match_runs, render_latex, render_markdown
+
+REPO = Path(__file__).resolve().parents[2]
+MAKE_TABLES = REPO / "analysis" / "make_tables.py"
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> dict[str, Entry]:
+    """A manifest file of our own: titles and sweep names in the output come from it."""
+    path = tmp_path / "manifest.yaml"
+    path.write_text(
+        'table2: {sweep: table2, paper: table2_alpha_sigma.csv, title: "Hyperparameter optimization"}\n'
+        'table7: {sweep: my_table7, paper: table7_finite_diff_lr.csv, title: "FD learning rate"}\n'
+    )
+    return load_manifest(path)
+
+
+def table(key: str, results_dir: Path, manifest: dict[str, Entry]):
+    entry = manifest[key]
+    return build_table(SPECS[key], entry, load_paper_table(entry), load_results(results_dir).runs)
+
+
+def ours(built, row: int) -> str:
+    return built.long.loc[built.long["row"] == row, "ours"].item()
+
+
+def table2_runs(make_run) -> None:
+    """Table II's rows: two seeds of alpha 1, one run of alpha 0.1, a collapsed alpha 25, alpha 10 missing."""
+    make_run("table2/0", alpha=1, sigma=0.01, seed=0, accuracy=0.98)
+    make_run("table2/1", alpha=1, sigma=0.01, seed=1, accuracy=0.96)
+    make_run("table2/2", alpha=0.1, sigma=0.001, accuracy=0.62, accuracy_std=0.03)
+    make_run("table2/3", alpha=25, sigma=0.25, status="collapsed", accuracy=None, accuracy_std=None)
+
+
+GOLDEN_TABLE2 = """\
+## Table II: Hyperparameter optimization
+
+| α   | σ     | Accuracy (ours)   | Accuracy (paper)   | Runs   |
+|:----|:------|:------------------|:-------------------|:-------|
+| 0.1 | 0.001 | 0.620 ± 0.030     | 0.62 ± 0.028       | 1      |
+| 1   | 0.01  | 0.970 ± 0.014     | 0.987 ± 0.009      | 2      |
+| 10  | 0.1   | -                 | 0.971 ± 0.011      | 0      |
+| 25  | 0.25  | Collapse          | Collapse           | 1      |
+
+Effect of varying α and σ on test accuracy, with all other variables held constant (TPU=v3-8, Channels=16, \
+Pop. per core=128, Total pop.=1024, Way=10).
+
+Ours: mean ± std over runs (seeds, ddof=1) where several ran; with one run, its test accuracy ± its std over \
+test episodes (ddof=1), as the paper reports.
+
+Notes:
+
+- No run matched these rows; run `python -m esmeta.run sweep=table2` (add `scale=smoke` for a quick version):
+  - α 10, σ 0.1
+"""
+
+
+def test_table2_golden_markdown(results_dir: Path, make_run, manifest) -> None:
+    """The whole rendered table; if a deliberate format change breaks this, paste the new output here."""
+    table2_runs(make_run)
+    assert render_markdown(table("table2", results_dir, manifest)) == GOLDEN_TABLE2
+
+
+def test_cells_mean_std_over_seeds_one_run_collapse_and_missing(results_dir: Path, make_run, manifest) -> None:
+    table2_runs(make_run)
+    built = table("table2", results_dir, manifest)
+    assert ours(built, 2) == "0.970 ± 0.014"  # seeds 0.98, 0.96: mean 0.97, std (ddof=1) 0.01414
+    assert ours(built, 1) == "0.620 ± 0.030"  # one run: its std over test episodes
+    assert ours(built, 4) == "Collapse"
+    assert ours(built, 3) == "-"
+    row = built.long.set_index("row").loc[2]
+    assert row["ours_mean"] == pytest.approx(0.97) and row["ours_std"] == pytest.approx(0.0141421356)
+    assert (row["runs"], row["completed"], row["paper"]) == (2, 2, "0.987 ± 0.009")
+    assert "no run matched; run `python -m esmeta.run sweep=table2`" in built.long.set_index("row").loc[3, "notes"]
+
+
+def test_the_paper_column_is_the_papers_text(manifest) -> None:
+    paper = load_paper_table(manifest["table2"])
+    assert [paper_text(r) for _, r in paper.iterrows()] == ["0.62 ± 0.028", "0.987 ± 0.009", "0.971 ± 0.011",
+                                                           "Collapse"]
+    assert len(load_paper_table(load_manifest()["table7"])) == 16
+
+
+def test_runs_match_by_requested_config_not_effective(results_dir: Path, make_run, manifest) -> None:
+    make_run("smoke", alpha=1, sigma=0.01, scale="smoke", accuracy=0.5)  # ran 8 x 4, requested 8 x 128
+    built = table("table2", results_dir, manifest)
+    assert ours(built, 2) == "0.500 ± 0.010"
+    assert any("smoke-scale" in n for n in built.notes)
+
+
+def test_other_configurations_do_not_match(results_dir: Path, make_run, manifest) -> None:
+    make_run("32ch", alpha=1, sigma=0.01, channels=32)
+    make_run("pop64", alpha=1, sigma=0.01, pop_per_shard=64)
+    make_run("20way", alpha=1, sigma=0.01, train_way=20)
+    make_run("v3-256", alpha=1, sigma=0.01, hardware="tpu-v3-256")
+    make_run("sigma", alpha=1, sigma=0.02)
+    built = table("table2", results_dir, manifest)
+    assert list(built.long["ours"]) == ["-", "-", "-", "-"]
+    assert built.notes == ["No run matched any row; run `python -m esmeta.run sweep=table2` "
+                           "(add `scale=smoke` for a quick version)."]
+
+
+def test_floats_match_with_tolerance_and_distance_only_where_the_table_has_it(
+    results_dir: Path, make_run, manifest
+) -> None:
+    make_run("a", alpha=1.0000000001, sigma=0.01, distance="cosine", accuracy=0.9)  # Table II has no distance
+    assert ours(table("table2", results_dir, manifest), 2) == "0.900 ± 0.010"
+    make_run("fd", estimator="finite_diff", alpha=1e-3, distance="cosine", accuracy=0.8)
+    table4 = table("table4", results_dir, load_manifest())
+    # Table IV row 4 is v3-8 finite_diff *euclidean* lr 1e-3, 10-way: the cosine run does not match it.
+    assert ours(table4, 4) == "-"
+
+
+def test_backprop_rows_match_any_hardware(results_dir: Path, make_run) -> None:
+    make_run("bp", estimator="backprop", hardware="cpu", alpha=1e-3, channels=64, train_way=20, shot=5,
+             accuracy=0.993, accuracy_std=0.013)
+    built = table("table1", results_dir, load_manifest())
+    assert ours(built, 6) == "0.993 ± 0.013"
+    assert built.layout.iloc[5, 0] == "ProtoNet" and built.layout.iloc[5, 1] == "N/A"
+    assert ours(built, 3) == "-"  # 1-shot backprop did not run
+
+
+def test_failed_runs_give_a_reason_and_collapses_are_counted(results_dir: Path, make_run, manifest) -> None:
+    make_run("failed", alpha=10, sigma=0.1, status="failed")
+    make_run("ok", alpha=1, sigma=0.01, seed=0, accuracy=0.98)
+    make_run("ok2", alpha=1, sigma=0.01, seed=1, accuracy=0.96)
+    make_run("collapsed", alpha=1, sigma=0.01, seed=2, status="collapsed", accuracy=None, accuracy_std=None)
+    built = table("table2", results_dir, manifest)
+    assert ours(built, 3) == "-"
+    assert ours(built, 2) == "0.970 ± 0.014 (1 of 3 collapsed)"
+    failed_note = [n for n in built.notes if n.startswith("α 10, σ 0.1")]
+    assert failed_note and "1 of 1 runs failed" in failed_note[0] and "out of memory" in failed_note[0]
+
+
+def test_table7_pivots_learning_rates_into_column_pairs(results_dir: Path, make_run, manifest) -> None:
+    make_run("fd", estimator="finite_diff", distance="cosine", alpha=5e-3, pop_per_shard=128, accuracy=0.94,
+             accuracy_std=0.02)
+    built = table("table7", results_dir, manifest)
+    layout = built.layout
+    assert list(layout.columns) == ["TPU", "Total pop.", "Way", "5E-04 (ours)", "5E-04 (paper)", "5E-03 (ours)",
+                                    "5E-03 (paper)", "1E-03 (ours)", "1E-03 (paper)", "1E-02 (ours)",
+                                    "1E-02 (paper)"]
+    assert list(layout.iloc[0]) == ["v3-8", "1024", "10", "-", "0.923", "0.940 ± 0.020", "0.939", "-", "0.855",
+                                    "-", "0.929"]
+    assert len(layout) == 4
+    missing = built.notes[0]
+    assert "run `python -m esmeta.run sweep=my_table7`" in missing and missing.count("\n  - ") == 15
+
+
+def test_latex_has_caption_and_math(results_dir: Path, make_run, manifest) -> None:
+    table2_runs(make_run)
+    latex = render_latex(table("table2", results_dir, manifest))
+    assert r"\caption{Table II: Hyperparameter optimization." in latex
+    assert r"$\alpha$ & $\sigma$ & Accuracy (ours)" in latex
+    assert r"1 & 0.01 & 0.970 $\pm$ 0.014 & 0.987 $\pm$ 0.009 & 2 \\" in latex
+
+
+def test_aggregate_of_nothing_names_the_command() -> None:
+    cell = aggregate(pd.DataFrame(), "python -m esmeta.run sweep=x")
+    assert cell.text == "-" and "sweep=x" in cell.notes[0]
+
+
+def test_match_runs_on_no_runs_is_empty(manifest) -> None:
+    row = load_paper_table(manifest["table2"]).iloc[0]
+    assert match_runs(pd.DataFrame(), row).empty
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def make_tables(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MAKE_TABLES), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_cli_prints_and_writes_every_table(results_dir: Path, make_run, tmp_path: Path) -> None:
+    table2_runs(make_run)
+    make_run("sweep/9_incomplete", alpha=10, sigma=0.1, done=False)
+    out = tmp_path / "out"
+    done = make_tables("--results", str(results_dir), "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "| 1   | 0.01  | 0.970 ± 0.014     | 0.987 ± 0.009      | 2      |" in done.stdout
+    assert "## Table VII:" in done.stdout and "## Memory:" in done.stdout
+    assert "skipped incomplete run sweep/9_incomplete: no `done` marker" in done.stderr
+    names = {p.name for p in out.iterdir()}
+    for key in [f"table{i}" for i in range(1, 8)] + ["memory"]:
+        assert {f"{key}.md", f"{key}.tex", f"{key}.csv"} <= names
+    assert "tables.md" in names
+    csv = pd.read_csv(out / "table2.csv")
+    assert list(csv["ours"]) == ["0.620 ± 0.030", "0.970 ± 0.014", "-", "Collapse"]
+
+
+def test_cli_default_out_is_under_results(results_dir: Path, make_run) -> None:
+    table2_runs(make_run)
+    done = make_tables("--results", str(results_dir), "--only", "table2")
+    assert done.returncode == 0, done.stderr
+    assert (results_dir / "tables" / "table2.md").read_text().startswith("## Table II:")
+    assert "--out DIR" in make_tables("--help").stdout and "DIR/tables" in make_tables("--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--results", "{missing}"], "no such directory"),
+        (["--results", "{empty}"], "no complete runs"),
+        (["--results", "{incomplete}"], "1 incomplete run skipped"),
+        ([], "--results DIR is required"),
+        (["--results", "{empty}", "--source", "s3"], "--source 's3' is not one of: local, wandb"),
+        (["--source", "wandb", "--entity", "me"], "--source wandb needs --project"),
+        (["--source", "wandb"], "--source wandb needs --entity and --project"),
+        (["--results", "{empty}", "--only", "table9"], "--only table9: unknown"),
+        (["--results", "{empty}", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    incomplete = tmp_path / "incomplete" / "run"
+    incomplete.mkdir(parents=True)
+    (incomplete / "summary.json").write_text("{}")
+    args = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty", incomplete=tmp_path / "incomplete")
+            for a in args]
+    before = sorted(p for p in tmp_path.rglob("*"))
+    done = make_tables(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("make_tables: error: ") and message in lines[-1], done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert sorted(p for p in tmp_path.rglob("*")) == before
