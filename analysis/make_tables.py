@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: import the package, not this f
 
 from analysis import cli  # noqa: E402
 from analysis.memory import memory_table, render_memory_latex, render_memory_markdown  # noqa: E402
-from analysis.paper import TABLE_KEYS, load_manifest, load_paper_table  # noqa: E402
+from analysis.paper import TABLE_KEYS, load_paper_table  # noqa: E402
 from analysis.tables import SPECS, build_table, render_latex, render_markdown  # noqa: E402
 
 PROG = "make_tables"
@@ -65,7 +65,7 @@ def run(argv: list[str] | None) -> int:
         (out / f"{key}.tex").write_text(latex)
         frame.to_csv(out / f"{key}.csv", index=False)
     (out / "tables.md").write_text(full)
-    print(f"\nWrote {len(documents)} tables (.md, .tex, .csv) and tables.md to {out}", file=sys.stderr)
+    print(f"\nWrote {cli.count(len(documents), 'table')} (.md, .tex, .csv) and tables.md to {out}", file=sys.stderr)
     return 0
 
 
