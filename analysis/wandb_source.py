@@ -8,7 +8,9 @@ The adapter touches only `run.id`, `run.name`, `run.state`, `run.config`, `run.s
 as the server. A W&B run counts as complete when its state is "finished" and its summary holds the
 run's `status`; every other run is listed in `Results.skipped`, like a local run without `done`.
 Per-epoch curves are the history rows that carry both `epoch` and `val/accuracy` (per-step rows
-lack the validation accuracy).
+lack the validation accuracy). esmeta logs an epoch's means as `epoch/<namespace>_<name>` (so they
+do not overwrite the last step's own values, which share the row); they are renamed back to the
+names of `metrics.jsonl` (`epoch/train_loss` -> `train/loss`), so both sources give the same curves.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ from typing import Any, Protocol
 from analysis.load import Results, Skipped, assemble, curve_records, run_record
 
 CURVE_KEYS = ("epoch", "val/accuracy")
+EPOCH_PREFIX = "epoch/"
+
+
+def epoch_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An epoch's history row with the metrics.jsonl names: `epoch/x_y` means win over the step's own `x/y`."""
+    out = {k: v for k, v in row.items() if not k.startswith("_") and not k.startswith(EPOCH_PREFIX)}
+    for key, value in row.items():
+        if key.startswith(EPOCH_PREFIX):
+            out[key[len(EPOCH_PREFIX):].replace("_", "/", 1)] = value
+    return out
 
 
 class ApiRun(Protocol):
@@ -60,7 +72,7 @@ def load_wandb_runs(runs: Iterable[ApiRun], source: str) -> Results:
         record["name"] = run.name
         records.append(record)
         epochs = [row for row in run.scan_history() if all(row.get(k) is not None for k in CURVE_KEYS)]
-        curves.extend(curve_records(run_id, ({k: v for k, v in r.items() if not k.startswith("_")} for r in epochs)))
+        curves.extend(curve_records(run_id, (epoch_metrics(r) for r in epochs)))
     return assemble(records, curves, skipped, source=source)
 
 

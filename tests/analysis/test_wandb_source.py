@@ -98,6 +98,10 @@ def test_curves_are_the_full_per_epoch_history() -> None:
     curve = results.curve("a1s1xyz")
     assert list(curve["epoch"]) == [1, 2, 3]  # per-step rows (no val/accuracy) are left out
     assert list(curve["val/accuracy"]) == [0.5, 0.7, 0.95]
+    # the epoch means (logged as epoch/train_loss beside the last step's train/loss) under metrics.jsonl's names
+    assert list(curve["train/loss"]) == [1.0, 0.5, 1 / 3]
+    assert list(curve["es/fitness_mean"]) == [-0.5, -0.5, -0.5]
+    assert "epoch/train_loss" not in results.curves.columns
     assert not any(c.startswith("_") for c in results.curves.columns)
     collapsed = results.curve("a25coll")
     assert list(collapsed["epoch"]) == [1, 2] and math.isnan(collapsed["val/accuracy"].iloc[1])
