@@ -17,7 +17,7 @@ IMAGES_PER_CLASS = 20  # every Omniglot character has 20 drawings
 MIN_IMAGE_SIZE = 16  # four 2x2 max-pools need at least 16 pixels to leave a 1x1 map
 MAX_IMAGE_SIZE = 105  # the source images are 105x105; we never upsample
 
-ESTIMATORS = ("backprop", "wsr", "finite_diff")
+ESTIMATORS = ("backprop", "wsr", "finite_diff", "forward_mode")
 DISTANCES = ("euclidean", "cosine")
 SPLITS = ("paper", "vinyals")
 RESIZE_FILTERS = ("antialias", "nearest")
@@ -113,11 +113,12 @@ class EstimatorConfig:
     fd_sigma: float = 1e-3
     central: bool = False
     eval_mode: str = "auto"
-    chunk_size: int = 0  # candidates evaluated together; 0 = automatic
+    chunk_size: int = 0  # candidates evaluated together (forward_mode: tangents pushed together); 0 = automatic
 
     @property
     def is_es(self) -> bool:
-        return self.name != "backprop"
+        """A population estimator (wsr, finite_diff); backprop and forward_mode compute exact gradients."""
+        return self.name in ("wsr", "finite_diff")
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ BAD_INPUTS = [
     (["train.epochs=abc"], "train.epochs='abc' must be an integer"),
     (["eval.test_episodes=0"], "eval.test_episodes=0"),
     (["model.channels=0"], "model.channels=0"),
-    (["estimator=adam_es"], "estimator=adam_es is not an option; choose one of: backprop, finite_diff, wsr"),
+    (["estimator=adam_es"], "estimator=adam_es is not an option; choose one of: backprop, finite_diff, forward_mode, wsr"),
     (["distance=manhattan"], "distance=manhattan is not an option"),
     (["hardware=tpu-v9"], "hardware=tpu-v9 is not an option"),
     (["experiment=quickstrat"], "experiment=quickstrat is not an option"),

@@ -11,6 +11,7 @@ from esmeta.errors import ConfigError
 from esmeta.estimators.backprop import make_backprop
 from esmeta.estimators.base import EstimateFn, LossFn, fitness_from_loss
 from esmeta.estimators.finite_diff import make_finite_diff
+from esmeta.estimators.forward_mode import make_forward_mode
 from esmeta.estimators.wsr import make_wsr
 
 Factory = Callable[[EstimatorConfig, float, LossFn, "Mesh | None", int], EstimateFn]
@@ -19,6 +20,7 @@ ESTIMATORS: dict[str, Factory] = {
     "backprop": make_backprop,
     "wsr": make_wsr,
     "finite_diff": make_finite_diff,
+    "forward_mode": make_forward_mode,
 }
 
 __all__ = ["ESTIMATORS", "EstimateFn", "LossFn", "fitness_from_loss", "make_estimator"]

@@ -26,6 +26,7 @@ SETTINGS = {  # small settings per estimator, for the conformance tests
     "backprop": {},
     "wsr": {"pop_per_shard": 4, "antithetic": True},
     "finite_diff": {"pop_per_shard": 4},
+    "forward_mode": {"chunk_size": 5},  # 17 parameters: three blocks of 5 tangents and a remainder of 2
 }
 # The tiny_protonet fixture's network (tests/estimators/conftest.py); the 8-device subprocess rebuilds its loss from this.
 NET = {"way": 3, "channels": 2, "distance": "euclidean", "scale": 1.0, "norm_stats": "episode"}
