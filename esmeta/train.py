@@ -178,6 +178,13 @@ def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def epoch_row(record: dict[str, float]) -> dict[str, float]:
+    """An epoch's record as a W&B row: its means of per-step metrics renamed `epoch/<name>`, so that they do
+    not overwrite the last step's own `train/loss` etc. (both rows share the episode count as their step)."""
+    per_epoch = ("epoch", "episode", "val/accuracy", "wall_time_s", "es/candidates_per_s")
+    return {(k if k in per_epoch else f"epoch/{k.replace('/', '_')}"): v for k, v in record.items()}
+
+
 @dataclass(frozen=True)
 class JobInfo:
     """Where a run comes from (Hydra's view of it): recorded in the summary, names its W&B run."""
@@ -315,7 +322,7 @@ def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> di
                     record.update({"epoch": progress.step // epe, "episode": progress.step,
                                    "val/accuracy": progress.val_acc, "wall_time_s": elapsed()})
                     out.append_metrics(record)
-                    tracker.log(record, step=progress.step)
+                    tracker.log(epoch_row(record), step=progress.step)
                     progress.records.append(record)
                     progress.window = []
                     epoch_t0, epoch_steps = time.perf_counter(), 0

@@ -344,3 +344,23 @@ def test_run_tags_name_estimator_hardware_and_scale():
         scale=ScaleConfig(name="smoke"),
     )
     assert run_tags(config) == ["finite_diff", "tpu-v3-8", "smoke"]
+
+
+def test_a_training_job_of_a_sweep_arrives_in_its_own_wandb_run(table2_smoke_sweep: Path):
+    """End to end (sweep=table2 scale=smoke): config, per-step and per-epoch history, summary, name and group."""
+    job = sorted(p.parent for p in table2_smoke_sweep.glob("*/summary.json"))[0]
+    summary = json.loads((job / "summary.json").read_text())
+    (sync_dir,) = sync_dirs(job)
+    run = read_offline_run(sync_dir)
+    assert run.config["alpha"] == summary["alpha"] and run.config["estimator"]["name"] == "wsr"
+    assert run.group == "table2" and run.name == f"{summary['overrides'][0]},scale=smoke" and run.exit_code == 0
+    epe, epochs = summary["config"]["train"]["episodes_per_epoch"], summary["config"]["train"]["epochs"]
+    assert sorted(run.history) == list(range(1, epe * epochs + 1))  # one row per training step
+    assert all(math.isfinite(row["train/loss"]) for row in run.history.values())
+    assert all("es/fitness_std" in row and "es/grad_norm" in row for row in run.history.values())
+    metrics = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+    for record in metrics:  # each epoch's means sit beside, not over, its last step's own values
+        row = run.history[record["episode"]]
+        assert row["epoch"] == record["epoch"] and row["epoch/train_loss"] == pytest.approx(record["train/loss"])
+    assert run.summary["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert run.summary["status"] == summary["status"] and run.summary["population"] == 32

@@ -1,4 +1,4 @@
-"""A real smoke sweep of Table II, then make_tables and make_figures on its output (about 90 s on 2 cores).
+"""A real smoke sweep of Table II, then make_tables and make_figures on its output.
 
 Runs in the normal suite (not `slow`): it is the check that the analysis reads what training writes.
 Needs the Omniglot zips (ESMETA_DATA_DIR), like the other data tests.
@@ -6,32 +6,22 @@ Needs the Omniglot zips (ESMETA_DATA_DIR), like the other data tests.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_table2_smoke_sweep_to_table_and_figure(omniglot_root: Path, esmeta_cache_dir: Path, tmp_path: Path) -> None:
-    if not (REPO / "conf" / "sweep" / "table2.yaml").is_file():
-        pytest.fail("conf/sweep/table2.yaml is missing: the stored Table II sweep this test runs does not exist")
-    env = {**os.environ, "ESMETA_DATA_DIR": str(omniglot_root), "ESMETA_CACHE_DIR": str(esmeta_cache_dir)}
-    sweep = tmp_path / "table2_smoke"
-    ran = subprocess.run(
-        [sys.executable, "-m", "esmeta.run", "sweep=table2", "scale=smoke", "logger=none",
-         f"hydra.sweep.dir={sweep}"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
-    )
-    assert ran.returncode == 0, ran.stderr[-3000:]
+def test_table2_smoke_sweep_to_table_and_figure(table2_smoke_sweep: Path, tmp_path: Path) -> None:
+    """`python -m esmeta.run sweep=table2 scale=smoke` (the session's shared run), then both scripts on it."""
+    sweep, out = table2_smoke_sweep, tmp_path / "out"
 
     tables = subprocess.run(
-        [sys.executable, str(REPO / "analysis" / "make_tables.py"), "--results", str(sweep), "--only", "table2"],
+        [sys.executable, str(REPO / "analysis" / "make_tables.py"), "--results", str(sweep), "--out", str(out), "--only", "table2"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert tables.returncode == 0, tables.stderr
@@ -43,13 +33,13 @@ def test_table2_smoke_sweep_to_table_and_figure(omniglot_root: Path, esmeta_cach
     for c in cells:  # every row has our value: a number ± its std over test episodes, or Collapse
         assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}|Collapse", c[2]), c
         assert c[4] == "1"
-    assert (sweep / "tables" / "table2.md").is_file() and (sweep / "tables" / "table2.tex").is_file()
+    assert (out / "table2.md").is_file() and (out / "table2.tex").is_file()
 
     figures = subprocess.run(
-        [sys.executable, str(REPO / "analysis" / "make_figures.py"), "--results", str(sweep), "--only", "figure2"],
+        [sys.executable, str(REPO / "analysis" / "make_figures.py"), "--results", str(sweep), "--out", str(out), "--only", "figure2"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert figures.returncode == 0, figures.stderr
     # Table II's alpha 1 run is Table III's 16-channel v3-8 10-way row: Figure 2 draws its validation curve.
-    with Image.open(sweep / "figures" / "figure2.png") as image:
+    with Image.open(out / "figure2.png") as image:
         assert image.size == (960, 720)
