@@ -13,35 +13,31 @@ import pytest
 from esmeta.data.omniglot import ZIP_NAMES, Omniglot, load_omniglot
 
 
-@pytest.fixture(scope="session", autouse=True)
-def esmeta_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Point ESMETA_CACHE_DIR at a session temp dir (unless the caller set it) so tests never write the user's cache."""
-    preset = os.environ.get("ESMETA_CACHE_DIR")
+def _session_env_dir(name: str, factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Yield $name, or set it to a fresh session temp dir for the session (restored afterwards)."""
+    preset = os.environ.get(name)
     if preset:
         yield Path(preset)
         return
-    path = tmp_path_factory.mktemp("esmeta_cache")
-    os.environ["ESMETA_CACHE_DIR"] = str(path)
+    path = factory.mktemp(name.lower())
+    os.environ[name] = str(path)
     try:
         yield path
     finally:
-        os.environ.pop("ESMETA_CACHE_DIR", None)
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def esmeta_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point ESMETA_CACHE_DIR at a session temp dir (unless the caller set it) so tests never write the user's cache."""
+    yield from _session_env_dir("ESMETA_CACHE_DIR", tmp_path_factory)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def jax_compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """JAX's persistent compilation cache in a session temp dir (unless the caller set one), shared by the
     suite's subprocesses, never the user's."""
-    preset = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if preset:
-        yield Path(preset)
-        return
-    path = tmp_path_factory.mktemp("jax_cache")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
-    try:
-        yield path
-    finally:
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    yield from _session_env_dir("JAX_COMPILATION_CACHE_DIR", tmp_path_factory)
 
 
 @pytest.fixture(scope="session", autouse=True)
