@@ -20,7 +20,11 @@ from jax.sharding import PartitionSpec as P
 from esmeta.errors import ConfigError
 from esmeta.estimators.base import AXIS, Batch, EstimateFn, Params, population_metrics
 
-NOISE_BUDGET = 1 << 22  # floats of regenerated noise held at once by the automatic chunk (16 MiB)
+# Floats of noise the automatic chunk draws at once (2 MiB). XLA holds several times that while drawing:
+# threefry's counters and rounds about 4x the floats drawn, the per-leaf slices more. Measured with
+# jax 0.10 on CPU, a 64-channel net (111,936 parameters): the old 1 << 22 (37 candidates a chunk) held
+# 125 MiB of temporaries in the wsr step; 1 << 19 (4 a chunk) holds 10 MiB, at the same step time.
+NOISE_BUDGET = 1 << 19
 
 
 def resolve_eval_mode(eval_mode: str, platform: str) -> str:
