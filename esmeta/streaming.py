@@ -112,18 +112,16 @@ def forward_chunk(params: Params, images: jax.Array, norms: tuple[BlockNorm, ...
     return x.reshape(n, -1)
 
 
-def _chunks(n_rows: int, chunk: int) -> tuple[jax.Array, jax.Array]:
-    """Row indices (chunks, chunk), clipped into range, and their validity (padding of the last chunk)."""
-    n_chunks = -(-n_rows // chunk)
-    idx = jnp.arange(n_chunks * chunk, dtype=jnp.int32).reshape(n_chunks, chunk)
-    return jnp.minimum(idx, n_rows - 1), idx < n_rows
-
-
 def scan_chunks(fold: Callable, init, n_rows: int, chunk: int, offset: int = 0):
-    """fold(acc, rows, valid) over chunks of rows [offset, offset + n_rows), in order."""
-    idx, valid = _chunks(n_rows, chunk)
-    step = lambda acc, xs: (fold(acc, xs[0] + offset, xs[1]), None)  # noqa: E731
-    return jax.lax.scan(step, init, (idx, valid))[0]
+    """fold(acc, rows, valid) over chunks of rows [offset, offset + n_rows), in order. A chunk's row indices
+    are built inside the loop (clipped into range, `valid` marking the padding of the last chunk), so
+    nothing of the size of the task is held, not even its indices."""
+
+    def step(acc, k):
+        rows = k * chunk + jnp.arange(chunk, dtype=jnp.int32)
+        return fold(acc, jnp.minimum(rows, n_rows - 1) + offset, rows < n_rows), None
+
+    return jax.lax.scan(step, init, jnp.arange(-(-n_rows // chunk), dtype=jnp.int32))[0]
 
 
 def batch_norms(params: Params, images_at: ImagesAt, n_stats: int, chunk: int) -> tuple[BlockNorm, ...]:

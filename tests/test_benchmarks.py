@@ -13,7 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def run_quick(script: str, tmp_path: Path) -> list[dict]:
     args = [sys.executable, str(BENCHMARKS / script), "--quick"]
-    if script not in ("grad_quality.py", "population_throughput.py"):
+    if script in ("backprop_reference.py", "es_reference.py"):
         args += ["--out", str(tmp_path)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,3 +52,28 @@ def test_population_throughput_quick(tmp_path, omniglot32):
     for row in lines:
         assert {"channels", "population", "impl", "candidates_per_s", "gflops", "matmul_peak_gflops"} <= row.keys()
         assert row["candidates_per_s"] > 0 and 0 < row["gflops"] < row["matmul_peak_gflops"] * 1.5
+
+
+def test_memory_vs_task_length_quick(tmp_path, omniglot32):
+    lines = run_quick("memory_vs_task_length.py", tmp_path)
+    assert {r["estimator"] for r in lines} == {"backprop", "forward_mode", "wsr"}
+    assert all({"estimator", "support_size", "peak_bytes", "temp_bytes"} <= r.keys() and r["peak_bytes"] > 0
+               for r in lines)
+    peaks = {name: [r["peak_bytes"] for r in sorted(lines, key=lambda r: r["support_size"]) if r["estimator"] == name]
+             for name in ("backprop", "forward_mode", "wsr")}
+    assert all(len(p) == 3 for p in peaks.values())
+    # Streamed in chunks, forward mode and wsr hold the same memory at every support size; backprop's grows.
+    for name in ("wsr", "forward_mode"):
+        assert max(peaks[name]) <= min(peaks[name]) * 1.01, (name, peaks[name])
+    assert peaks["backprop"][0] < peaks["backprop"][1] < peaks["backprop"][2]
+    executed = [r for r in lines if r.get("executed")]  # the smallest task runs; forward mode's loss is backprop's
+    assert {r["estimator"] for r in executed} == {"backprop", "forward_mode", "wsr"}
+    assert next(r for r in executed if r["estimator"] == "forward_mode")["loss_matches_backprop"] is True
+
+
+def test_population_scale_quick(tmp_path, omniglot32):
+    [row] = run_quick("population_scale.py", tmp_path)
+    keys = {"population", "channels", "peak_bytes", "rss_step_peak_bytes", "process_peak_rss_bytes", "seconds"}
+    assert keys <= row.keys()
+    assert row["population"] == row["shards"] * row["pop_per_shard"] and row["nonfinite"] == 0
+    assert 0 < row["peak_bytes"] < row["population_matrix_bytes"]  # the population matrix is never built
