@@ -35,6 +35,8 @@ from typing import Any
 
 import pandas as pd
 
+from esmeta.config import POPULATION_ESTIMATORS
+
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 DONE = "done"
@@ -132,7 +134,7 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
     pop_per_shard = _int_or_none(dig(config, "estimator.pop_per_shard"))
     shards = _int_or_none(dig(config, "hardware.shards"))
     effective_population = _int_or_none(summary.get("population"))
-    es = estimator is not None and estimator != "backprop"
+    es = estimator in POPULATION_ESTIMATORS
     if not es:
         pop_per_shard = total_pop = None
     elif pop_per_shard is not None and shards:

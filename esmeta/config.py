@@ -18,6 +18,7 @@ MIN_IMAGE_SIZE = 16  # four 2x2 max-pools need at least 16 pixels to leave a 1x1
 MAX_IMAGE_SIZE = 105  # the source images are 105x105; we never upsample
 
 ESTIMATORS = ("backprop", "wsr", "finite_diff", "forward_mode")
+POPULATION_ESTIMATORS = ("wsr", "finite_diff")  # with a population of candidates; the others are exact
 DISTANCES = ("euclidean", "cosine")
 SPLITS = ("paper", "vinyals")
 RESIZE_FILTERS = ("antialias", "nearest")
@@ -118,7 +119,7 @@ class EstimatorConfig:
     @property
     def is_es(self) -> bool:
         """A population estimator (wsr, finite_diff); backprop and forward_mode compute exact gradients."""
-        return self.name in ("wsr", "finite_diff")
+        return self.name in POPULATION_ESTIMATORS
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from esmeta.config import EstimatorConfig
-from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_from_loss, population_metrics, tree_norm
+from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, exact_gradient_result, fitness_from_loss
 
 
 def make_backprop(
@@ -19,12 +18,6 @@ def make_backprop(
     def estimate(key: jax.Array, params: Params, batch: Batch) -> tuple[Params, dict[str, jax.Array]]:
         del key  # deterministic
         fitness, g = jax.value_and_grad(lambda p: fitness_from_loss(loss_fn(p, batch)))(params)
-        finite = jnp.isfinite(fitness) & jnp.isfinite(tree_norm(g))
-        g = jax.tree.map(lambda x: jnp.where(finite, x, 0.0), g)  # masked like a non-finite ES candidate
-        metrics = population_metrics(jnp.where(finite, fitness, jnp.nan)[None], None)
-        metrics["zero_update"] = (~finite).astype(jnp.float32)
-        metrics["grad_norm"] = tree_norm(g)
-        metrics["candidates"] = jnp.int32(1)
-        return g, metrics
+        return exact_gradient_result(fitness, g)
 
     return estimate

@@ -51,3 +51,15 @@ def population_metrics(fitness: jax.Array, axis_name: str | None) -> dict[str, j
         "fitness_max": jnp.where(count > 0, best, nan).astype(jnp.float32),
         "nonfinite": psum(jnp.sum(~valid).astype(jnp.float32)),
     }
+
+
+def exact_gradient_result(fitness: jax.Array, g: Params) -> tuple[Params, dict[str, jax.Array]]:
+    """(g, metrics) of an exact-gradient estimator (backprop, forward_mode): a non-finite fitness or gradient
+    gives a zero update, as a non-finite ES candidate gets weight 0."""
+    finite = jnp.isfinite(fitness) & jnp.isfinite(tree_norm(g))
+    g = jax.tree.map(lambda x: jnp.where(finite, x, 0.0), g)
+    metrics = population_metrics(jnp.where(finite, fitness, jnp.nan)[None], None)
+    metrics["zero_update"] = (~finite).astype(jnp.float32)
+    metrics["grad_norm"] = tree_norm(g)
+    metrics["candidates"] = jnp.int32(1)
+    return g, metrics

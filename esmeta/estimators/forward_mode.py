@@ -23,7 +23,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from esmeta.config import EstimatorConfig
-from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_from_loss, population_metrics, tree_norm
+from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, exact_gradient_result, fitness_from_loss
 
 TANGENTS = 32  # basis tangents pushed forward together when estimator.chunk_size is 0
 
@@ -52,12 +52,6 @@ def make_forward_mode(
         flat, unravel = ravel_pytree(params)
         fitness_of_flat = lambda f: fitness_from_loss(loss_fn(unravel(f), batch))  # noqa: E731
         fitness, g_flat = directional_derivatives(fitness_of_flat, flat, jnp.arange(flat.shape[0]), tangents)
-        finite = jnp.isfinite(fitness) & jnp.all(jnp.isfinite(g_flat))
-        g = unravel(jnp.where(finite, g_flat, 0.0))  # masked like a non-finite ES candidate, as backprop does
-        metrics = population_metrics(jnp.where(finite, fitness, jnp.nan)[None], None)
-        metrics["zero_update"] = (~finite).astype(jnp.float32)
-        metrics["grad_norm"] = tree_norm(g)
-        metrics["candidates"] = jnp.int32(1)
-        return g, metrics
+        return exact_gradient_result(fitness, unravel(g_flat))
 
     return estimate
