@@ -126,6 +126,19 @@ def report_skipped(prog: str, results: Results) -> None:
         print(f"{prog}: skipped incomplete run {skipped.run}: {skipped.reason}", file=sys.stderr)
 
 
+def prepare(
+    prog: str, description: str, out_name: str, only: Sequence[str], argv: list[str] | None
+) -> tuple[argparse.Namespace, dict[str, Entry], Results]:
+    """What both scripts do first: parse and check the arguments, read the manifest, load the runs and
+    list the skipped ones on stderr. Returns (args, manifest entries, results)."""
+    args = build_parser(prog, description, out_name, only).parse_args(argv)
+    check_args(args, only)
+    entries = manifest(args.manifest)
+    results = load_source(args)
+    report_skipped(prog, results)
+    return args, entries, results
+
+
 def main(prog: str, body: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run `body`, turning a `UsageError` into one line on stderr and exit status 2."""
     try:

@@ -32,12 +32,7 @@ DESCRIPTION = (
 
 
 def run(argv: list[str] | None) -> int:
-    parser = cli.build_parser(PROG, DESCRIPTION, "figures", NAMES)
-    args = parser.parse_args(argv)
-    cli.check_args(args, NAMES)
-    entries = cli.manifest(args.manifest)
-    results = cli.load_source(args)
-    cli.report_skipped(PROG, results)
+    args, entries, results = cli.prepare(PROG, DESCRIPTION, "figures", NAMES, argv)
     print(f"{cli.describe(results)}.")
     for outcome in make_figures(results, entries, cli.out_dir(args, "figures"), list(args.only or NAMES)):
         print(outcome.report(entries[outcome.key].command))

@@ -34,12 +34,7 @@ DESCRIPTION = (
 
 
 def run(argv: list[str] | None) -> int:
-    parser = cli.build_parser(PROG, DESCRIPTION, "tables", NAMES)
-    args = parser.parse_args(argv)
-    cli.check_args(args, NAMES)
-    entries = cli.manifest(args.manifest)
-    results = cli.load_source(args)
-    cli.report_skipped(PROG, results)
+    args, entries, results = cli.prepare(PROG, DESCRIPTION, "tables", NAMES, argv)
     names = args.only or list(NAMES)
 
     documents: dict[str, tuple[str, str, object]] = {}  # name -> (markdown, latex, csv frame)
