@@ -8,6 +8,7 @@ per run with the test accuracy beside the paper's (0.996 and 0.987).
 
 from __future__ import annotations
 
+from _data import run_main
 from _reference import parse_args, run_reference
 
 PAPER = {5: 0.996, 1: 0.987}  # Table I, "ProtoNet" rows
@@ -26,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,6 +9,7 @@ The goal on a 2-core CPU within 45 minutes is 0.95.
 
 from __future__ import annotations
 
+from _data import run_main
 from _reference import parse_args, run_reference
 
 PAPER = 0.987  # Table II, alpha 1, sigma 0.01, 16 channels, population 1024, 10-way 5-shot
@@ -27,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import jax
 import numpy as np
+from _data import add_data_args, run_main, train_images
 from jax.flatten_util import ravel_pytree
 
 from esmeta.config import EstimatorConfig
 from esmeta.data.episodes import sample_episode
-from esmeta.data.omniglot import load_omniglot
-from esmeta.data.splits import split_classes
 from esmeta.estimators import make_estimator
 from esmeta.protonet import init_params, make_loss_fn, num_params
 
@@ -33,8 +31,7 @@ WAY, SHOT, QUERY = 10, 5, 5
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small populations only (about a minute on 2 CPU cores)")
-    parser.add_argument("--data-root", default=os.environ.get("ESMETA_DATA_DIR"), help="folder with the Omniglot zips")
-    parser.add_argument("--cache-dir", default=None, help="preprocessed cache (default: $ESMETA_CACHE_DIR)")
+    add_data_args(parser)
     parser.add_argument("--image-size", type=int, default=32, help="the paper resizes to 32")
     parser.add_argument("--seed", type=int, default=0, help="mu and the episode")
     parser.add_argument("--sigma", type=float, default=0.01, help="WSR perturbation scale (paper v3-8: 0.01)")
@@ -45,8 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fixed_problem(args: argparse.Namespace, channels: int):
     """(loss, mu, episode): the paper's split, train classes, one episode and mu from --seed."""
-    data = load_omniglot(args.data_root, args.image_size, "antialias", args.cache_dir, download=False)
-    train = data.images[split_classes(data.class_names, "paper", 0)["train"]]
+    train = train_images(args, args.image_size)
     key_episode, key_mu = jax.random.split(jax.random.key(args.seed))
     episode = jax.jit(sample_episode, static_argnums=(2, 3, 4))(key_episode, train, WAY, SHOT, QUERY)
     mu = jax.jit(init_params, static_argnums=(1, 2))(key_mu, channels, args.image_size)
@@ -129,4 +125,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

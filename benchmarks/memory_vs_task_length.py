@@ -39,13 +39,12 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from _data import add_data_args, run_main, train_images
 from _memory import RssSampler, compiled_memory, device_memory
 from jax.flatten_util import ravel_pytree
 
 from esmeta.config import EstimatorConfig
 from esmeta.data.episodes import Episode, sample_episode_indices, to_float
-from esmeta.data.omniglot import load_omniglot
-from esmeta.data.splits import split_classes
 from esmeta.estimators import fitness_from_loss, make_estimator
 from esmeta.estimators.forward_mode import directional_derivatives
 from esmeta.protonet import init_params, loss_and_accuracy, num_params
@@ -58,8 +57,7 @@ LOSS = {"distance": "euclidean", "scale": 1.0, "norm_stats": "episode"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 channels, 20 classes, shots 2, 5, 10 (under a minute)")
-    parser.add_argument("--data-root", default=os.environ.get("ESMETA_DATA_DIR"), help="folder with the Omniglot zips")
-    parser.add_argument("--cache-dir", default=None, help="preprocessed cache (default: $ESMETA_CACHE_DIR)")
+    add_data_args(parser)
     parser.add_argument("--channels", type=int, default=None, help="default 64 (quick: 8)")
     parser.add_argument("--way", type=int, default=None, help="classes of the task (default 200, quick 20)")
     parser.add_argument("--shots", type=int, nargs="+", default=None, help="default 1 2 5 10 19 (quick 2 5 10)")
@@ -75,8 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def task_pool(args: argparse.Namespace, way: int) -> jax.Array:
     """uint8 (way, 20, S, S): `way` distinct train classes of the paper split, drawings in a random order."""
-    data = load_omniglot(args.data_root, SIZE, "antialias", args.cache_dir, download=False)
-    train = data.images[split_classes(data.class_names, "paper", 0)["train"]]
+    train = train_images(args, SIZE)
     class_idx, image_idx = sample_episode_indices(jax.random.key(args.seed), train.shape[0], way, DRAWINGS, 0)
     return jnp.asarray(train[jax.device_get(class_idx)[:, None], jax.device_get(image_idx)])
 
@@ -214,4 +211,4 @@ def summarize(rows: list[dict], names: list[str], shots: list[int], way: int) ->
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from _data import add_data_args, run_main, train_images
+
 WAY, SHOT, QUERY, SIZE, CHANNELS = 10, 5, 5, 32, 64
 TARGET_BYTES = 10**9
 
@@ -38,7 +40,7 @@ TARGET_BYTES = 10**9
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="population 128 (seconds)")
-    parser.add_argument("--data-root", default=os.environ.get("ESMETA_DATA_DIR"), help="folder with the Omniglot zips")
+    add_data_args(parser)
     parser.add_argument("--shards", type=int, default=8, help="logical population shards (one device)")
     parser.add_argument("--pop-per-shard", type=int, nargs="+", default=None, help="default 2048 (quick: 16)")
     parser.add_argument("--channels", type=int, default=CHANNELS)
@@ -53,16 +55,13 @@ def measure(args: argparse.Namespace, pop_per_shard: int) -> dict:
 
     from esmeta.config import EstimatorConfig
     from esmeta.data.episodes import sample_episode
-    from esmeta.data.omniglot import load_omniglot
-    from esmeta.data.splits import split_classes
     from esmeta.estimators import make_estimator
     from esmeta.estimators.population import noise_chunk
     from esmeta.protonet import init_params, make_loss_fn, num_params
 
-    data = load_omniglot(args.data_root, SIZE, "antialias", None, download=False)
-    train = data.images[split_classes(data.class_names, "paper", 0)["train"]]
+    train = train_images(args, SIZE)
     episode = jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(0), train, WAY, SHOT, QUERY)
-    del data, train
+    del train
     gc.collect()
     mu = init_params(jax.random.key(1), args.channels, SIZE)
     d_phi = num_params(mu)
@@ -102,8 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     for pps in pops:  # a fresh process per point
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--shards", str(args.shards),
                "--pop-per-shard", str(pps), "--channels", str(args.channels)]
-        if args.data_root:
-            cmd += ["--data-root", args.data_root]
+        cmd += [f"--{k.replace('_', '-')}={v}" for k, v in (("data_root", args.data_root), ("cache_dir", args.cache_dir)) if v]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"population_scale: the measurement of pop_per_shard={pps} failed:\n{proc.stderr[-3000:]}")
@@ -123,4 +121,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

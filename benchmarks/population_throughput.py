@@ -22,12 +22,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+from _data import add_data_args, run_main, train_images
 from jax.flatten_util import ravel_pytree
 
 from esmeta.config import EstimatorConfig
 from esmeta.data.episodes import sample_episode
-from esmeta.data.omniglot import load_omniglot
-from esmeta.data.splits import split_classes
 from esmeta.estimators import make_estimator
 from esmeta.protonet import ConvEmbedding, init_params, make_loss_fn, prototypes, similarity
 
@@ -37,7 +36,7 @@ WAY, SHOT, QUERY, SIZE = 10, 5, 5, 32
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 channels, population 64 (seconds)")
-    parser.add_argument("--data-root", default=os.environ.get("ESMETA_DATA_DIR"), help="folder with the Omniglot zips")
+    add_data_args(parser)
     parser.add_argument("--naive-cap", type=int, default=64, help="most candidates the naive vmap evaluates at once")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per point (the best is kept)")
     return parser.parse_args(argv)
@@ -83,8 +82,7 @@ def naive_loss_fn(channels: int):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    data = load_omniglot(args.data_root, SIZE, "antialias", None, download=False)
-    train = data.images[split_classes(data.class_names, "paper", 0)["train"]]
+    train = train_images(args, SIZE)
     episode = jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(0), train, WAY, SHOT, QUERY)
     peak = matmul_peak_gflops()
     channels_list, populations = ((16,), (64,)) if args.quick else ((16, 32, 64), (64, 256, 1024))
@@ -130,4 +128,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -77,3 +77,17 @@ def test_population_scale_quick(tmp_path, omniglot32):
     assert keys <= row.keys()
     assert row["population"] == row["shards"] * row["pop_per_shard"] and row["nonfinite"] == 0
     assert 0 < row["peak_bytes"] < row["population_matrix_bytes"]  # the population matrix is never built
+
+
+@pytest.mark.parametrize(
+    "script,args", [("population_throughput.py", ["--quick"]), ("es_reference.py", ["--quick", "--out", "{tmp}/out"])]
+)
+def test_benchmark_without_data_says_so_in_one_line(script, args, tmp_path):
+    nowhere = tmp_path / "nowhere"
+    env = {**os.environ, "ESMETA_DATA_DIR": str(nowhere), "ESMETA_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, str(BENCHMARKS / script), *(a.format(tmp=tmp_path) for a in args)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{Path(script).stem}: error: "), proc.stderr
+    assert str(nowhere) in lines[0]  # says where it looked
