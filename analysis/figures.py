@@ -34,7 +34,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 from analysis.load import Results  # noqa: E402
 from analysis.paper import Entry, load_paper_table, parse_number  # noqa: E402
-from analysis.tables import aggregate, display_value, match_runs, LEARNING_RATE  # noqa: E402
+from analysis.tables import LEARNING_RATE, aggregate, display_value, latest_per_seed, match_runs  # noqa: E402
 
 FIGSIZE = (6.4, 4.8)  # inches
 DPI = 150  # PNG: 960 x 720 pixels
@@ -210,7 +210,7 @@ def _curves(spec: FigureSpec, rows: list[Row], results: Results, ax: plt.Axes, c
     missing, drawn = [], []
     for label in dict.fromkeys(spec.line(r) for r in rows):
         group = [r for r in rows if spec.line(r) == label]
-        matched = pd.concat([match_runs(results.runs, pd.Series(r)) for r in group])
+        matched = pd.concat([latest_per_seed(match_runs(results.runs, pd.Series(r)))[0] for r in group])
         matched = matched[~matched.index.duplicated()]
         per_run = []
         for run_id in matched.get("run_id", []):

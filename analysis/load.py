@@ -7,6 +7,8 @@ summary without `done`, a checkpoint only, a Hydra job that never started traini
 
 Columns of `Results.runs` (one row per run):
   run_id, path, status, error, sweep, scale        identity and outcome ("completed", "collapsed", "failed")
+  finished_at                                      when the run wrote its summary (UTC, ISO 8601; for results
+                                                       written before esmeta recorded it: the `done` marker's time)
   estimator, hardware, tpu, seed                   requested configuration ...
   alpha, sigma, fd_sigma, channels, distance       ... sigma only for wsr, fd_sigma only for finite_diff
   pop_per_shard, shards, total_pop                 ... the *requested* population (what the paper's tables
@@ -30,6 +32,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +148,7 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
         "run_id": run_id,
         "status": summary.get("status"),
         "error": summary.get("error"),
+        "finished_at": summary.get("finished_at"),
         "sweep": summary.get("sweep"),
         "scale": summary.get("scale") or dig(config, "scale.name"),
         "estimator": estimator,
@@ -265,6 +269,9 @@ def load_results(root: str | Path) -> Results:
             continue
         record = run_record(run_id, summary)
         record["path"] = str(path)
+        if not record["finished_at"]:
+            stamp = datetime.fromtimestamp((path / DONE).stat().st_mtime, timezone.utc)
+            record["finished_at"] = stamp.isoformat(timespec="seconds")
         records.append(record)
         curves.extend(curve_records(run_id, metrics))
     return assemble(records, curves, skipped, source=f"results directory {root}")

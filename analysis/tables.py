@@ -8,6 +8,10 @@ cell of the row equals the run's *requested* config value (floats to 1e-6 relati
   train_way / shot / test_way -> task, distance -> distance name (only where the table has it).
 A run may match rows of several tables (the paper repeats configurations).
 
+A seed counts once: where one ran more than once for a row (a rerun, a second sweep), its latest
+completed or collapsed run is used (a failed rerun never replaces a result), and the notes say how
+many earlier runs were left out. Repeats of a seed are not independent samples.
+
 Our cell, from the matched runs:
   several completed runs  mean ± std of their test accuracies over runs (seeds), std with ddof=1
   one completed run       its test accuracy ± its std over test episodes (ddof=1), as the paper reports
@@ -146,6 +150,22 @@ def match_runs(runs: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
     return runs[mask.astype(bool)]
 
 
+def latest_per_seed(matched: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """(the matched runs with one run per seed, how many were left out); see the module docstring."""
+    if matched.empty or "seed" not in matched.columns:
+        return matched, 0
+    finished = matched["finished_at"] if "finished_at" in matched.columns else pd.Series(None, index=matched.index)
+    order = pd.DataFrame({
+        "result": matched["status"].isin(("completed", "collapsed")),
+        "finished": finished.fillna("").astype(str),  # ISO 8601 in UTC: text order is time order
+        "run_id": matched["run_id"].astype(str),
+    }).sort_values(["result", "finished", "run_id"], kind="stable").index
+    seeds = matched.loc[order, "seed"]
+    keep = seeds.isna() | ~seeds.duplicated(keep="last")
+    kept = matched.loc[keep[keep].index].sort_index()
+    return kept, len(matched) - len(kept)
+
+
 def _finite(value: object) -> bool:
     try:
         return value is not None and math.isfinite(float(value))  # type: ignore[arg-type]
@@ -178,6 +198,7 @@ def aggregate(matched: pd.DataFrame, command: str) -> Cell:
     """Our cell from the runs that matched one paper row (see the module docstring)."""
     if matched.empty:
         return Cell("-", notes=(f"no run matched; run `{command}` (add `scale=smoke` for a quick version)",))
+    matched, superseded = latest_per_seed(matched)
     status = matched["status"]
     done = matched[(status == "completed") & matched["test_accuracy"].map(_finite)]
     collapsed = int((status == "collapsed").sum())
@@ -192,10 +213,9 @@ def aggregate(matched: pd.DataFrame, command: str) -> Cell:
     scales = sorted({s for s in matched["scale"] if isinstance(s, str)})
     if len(scales) > 1:
         notes.append(f"runs of several scales averaged: {', '.join(scales)}")
-    seeds = done["seed"].dropna()
-    repeated = sorted({int(s) for s in seeds[seeds.duplicated()]})
-    if repeated:
-        notes.append(f"seed {', '.join(map(str, repeated))} ran more than once; every run is averaged")
+    if superseded:
+        notes.append(f"{superseded} earlier run{'s' if superseded > 1 else ''} of a seed that ran again left out "
+                     "(the latest run of each seed counts)")
     if done.empty:
         if collapsed:
             return Cell("Collapse", notes=tuple(notes), **counts)

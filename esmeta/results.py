@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -103,11 +104,13 @@ class RunDir:
         if self.enabled:
             atomic_write_bytes(self.path / PARAMS, data)
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Write the summary, then the `done` marker."""
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Write the summary, stamped with `finished_at` (UTC, ISO 8601), then the `done` marker; return it."""
+        summary = {**summary, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if self.enabled:
             atomic_write_json(self.path / SUMMARY, summary)
             atomic_write_bytes(self.path / DONE, b"")
+        return summary
 
     @property
     def done(self) -> bool:

@@ -378,7 +378,7 @@ def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> di
             "overrides": list(job.overrides),
             "job_name": job.job_name,
         }
+        summary = out.finish(summary)
         tracker.summary({k: v for k, v in summary.items() if k not in ("config", "versions", "devices", "overrides")})
-        out.finish(summary)
         ckpt_path.unlink(missing_ok=True)  # the run is complete: params.msgpack and the summary replace it
     return summary

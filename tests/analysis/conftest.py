@@ -58,6 +58,7 @@ def write_run(
     done: bool = True,
     sweep: str | None = None,
     val_curve: list[float] | None = None,
+    finished_at: str | None = None,
     **config_kwargs: Any,
 ) -> Path:
     """One run directory under `root/name` in the results format; returns its path."""
@@ -99,6 +100,8 @@ def write_run(
             "overrides": [],
             "config": config,
         }
+    if finished_at is not None:
+        summary["finished_at"] = finished_at
     (path / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(path / "metrics.jsonl", "w") as f:
         for epoch, val in enumerate(val_curve or [], start=1):

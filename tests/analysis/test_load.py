@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from analysis.load import load_results
@@ -27,6 +28,15 @@ def test_one_row_per_complete_run_with_requested_config_and_metrics(results_dir:
     fd = runs.loc["table7/0"]
     assert math.isnan(fd["sigma"]) and fd["fd_sigma"] == 0.001  # sigma belongs to wsr only
     assert (fd["total_pop"], fd["distance"], fd["alpha"]) == (64 * 256, "cosine", 5e-3)
+
+
+def test_finished_at_comes_from_the_summary_or_the_done_marker(results_dir: Path, make_run) -> None:
+    make_run("new", finished_at="2026-11-30T10:00:00+00:00")
+    old = make_run("old")  # written before esmeta stamped summaries
+    os.utime(old / "done", (1_700_000_000, 1_700_000_000))
+    runs = load_results(results_dir).runs.set_index("run_id")
+    assert runs.loc["new", "finished_at"] == "2026-11-30T10:00:00+00:00"
+    assert runs.loc["old", "finished_at"] == "2023-11-14T22:13:20+00:00"
 
 
 def test_smoke_runs_keep_the_requested_population_beside_the_effective_one(results_dir: Path, make_run) -> None:

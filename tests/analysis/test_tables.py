@@ -145,6 +145,19 @@ def test_failed_runs_give_a_reason_and_collapses_are_counted(results_dir: Path, 
     assert failed_note and "1 of 1 runs failed" in failed_note[0] and "out of memory" in failed_note[0]
 
 
+def test_a_seed_that_ran_again_counts_once_by_its_latest_result(results_dir: Path, make_run, manifest) -> None:
+    # Seed 0 ran three times (a sweep, a rerun, a failed rerun); the latest result replaces the first,
+    # a failed rerun replaces nothing; seed 1 ran once. The cell is over the two seeds, not four runs.
+    make_run("b/0", alpha=1, sigma=0.01, seed=0, accuracy=0.90, finished_at="2026-11-29T10:00:00+00:00")
+    make_run("a/0", alpha=1, sigma=0.01, seed=0, accuracy=0.98, finished_at="2026-11-30T10:00:00+00:00")
+    make_run("c/0", alpha=1, sigma=0.01, seed=0, status="failed", finished_at="2026-11-30T11:00:00+00:00")
+    make_run("a/1", alpha=1, sigma=0.01, seed=1, accuracy=0.96, finished_at="2026-11-30T10:05:00+00:00")
+    built = table("table2", results_dir, manifest)
+    assert ours(built, 2) == "0.970 ± 0.014"  # mean and ddof=1 std of 0.98 and 0.96
+    assert built.long.loc[built.long["row"] == 2, "runs"].item() == 2
+    assert any("2 earlier runs of a seed that ran again left out" in n for n in built.notes)
+
+
 def test_table7_pivots_learning_rates_into_column_pairs(results_dir: Path, make_run, manifest) -> None:
     make_run("fd", estimator="finite_diff", distance="cosine", alpha=5e-3, pop_per_shard=128, accuracy=0.94,
              accuracy_std=0.02)
