@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 RUN = [
     "estimator=wsr", "estimator.pop_per_shard=4", "hardware=tpu-v3-8", "task.train_way=5", "task.shot=1",
