@@ -82,8 +82,11 @@ def embed(params: Params, images: jax.Array, channels: int, stats_rows: int | No
     patches = patches.reshape(n * size * size, -1)  # (pixels, 9): the 3x3 neighbourhood of every pixel
     ref = patches if stats_rows is None else patches[: stats_rows * size * size]
     m = ref.mean(axis=0)
-    centered = ref - m
-    cov = centered.T @ centered / ref.shape[0]
+    # E[pp'] - mm', not the centered (p - m)'(p - m): the gradient amplifies any error in cov about 50-fold (the
+    # variance path nearly cancels the direct one), and XLA fuses the centering into a loop whose float32 sum over
+    # all pixels is 60x less accurate than the plain Gram matmul, on some CPUs (AVX2-only) enough to put 1e-2 into
+    # the first conv's gradient. With ink-like inputs in [0, 1], E[pp'] and mm' are of one size: no cancellation.
+    cov = ref.T @ ref / ref.shape[0] - jnp.outer(m, m)
     conv, norm = params["Conv_0"], params["EpisodeBatchNorm_0"]
     w = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])  # (9, channels), rows in the patches' order
     mean = m @ w + conv["bias"]
