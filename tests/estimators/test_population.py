@@ -49,9 +49,9 @@ def flat(tree) -> np.ndarray:
 def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, msg: str = "") -> None:
     """||actual - expected|| <= rtol ||expected||.
 
-    Another conv batching changes fitnesses by float32 rounding (~1e-7 F), which z-scoring divides by
-    std F (~1e-2 F here): 1e-4 for map/vmap/chunking, while the same per-candidate code on 8 devices
-    reproduces the one-device estimate to 1e-6.
+    Another program (conv batching, chunking, device count) changes fitnesses by float32 rounding
+    (~1e-7 F), which z-scoring divides by std F (~1e-2 F here): 1e-5, and 1e-4 leaves a factor of 10 for
+    the summation order of any CPU. A wrong shard, key or normalization moves the estimate by O(1).
     """
     error = np.linalg.norm(actual - expected) / np.linalg.norm(expected)
     assert np.linalg.norm(expected) > 0 and error <= rtol, f"{msg} relative error {error:.2e} > {rtol:.0e}"
@@ -74,7 +74,7 @@ def test_estimator_contract(name):
     again, _ = estimate(jax.random.key(0), MU, 0.3)
     assert jax.tree.structure(g) == jax.tree.structure(MU)
     assert all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(MU)))
-    np.testing.assert_array_equal(flat(g), flat(again))
+    np.testing.assert_array_equal(flat(g), flat(again))  # exact by construction: one compiled program, one key
     assert REQUIRED_METRICS <= set(metrics)
     for key, value in metrics.items():
         assert value.shape == (), key
@@ -86,9 +86,12 @@ def test_estimator_contract(name):
 
 def test_no_mesh_equals_one_device_mesh():
     config = EstimatorConfig(name="wsr", pop_per_shard=4)
-    plain = jax.jit(make_estimator(config, 0.1, quadratic_loss, None, 3))(jax.random.key(4), MU, 0.3)[0]
+    plain, metrics = jax.jit(make_estimator(config, 0.1, quadratic_loss, None, 3))(jax.random.key(4), MU, 0.3)
     meshed = jax.jit(make_estimator(config, 0.1, quadratic_loss, one_device_mesh(), 3))(jax.random.key(4), MU, 0.3)[0]
-    np.testing.assert_allclose(flat(meshed), flat(plain), rtol=1e-6, atol=1e-9)
+    # another program rounds each fitness F by ~2^-24 |F|, which z-scoring divides by std F (x10 for any CPU)
+    rtol = 10 * 2.0**-24 * (abs(float(metrics["fitness_mean"])) + 3 * float(metrics["fitness_std"])) / float(
+        metrics["fitness_std"])
+    assert_close(flat(meshed), flat(plain), rtol=rtol)
 
 
 def test_auto_eval_mode_is_map_on_cpu_and_vmap_on_accelerators():
@@ -150,7 +153,10 @@ def test_map_and_vmap_agree_for_finite_differences():
                                quadratic_loss, None, 3))(jax.random.key(1), MU, 0.3)[0]
         for mode in ("map", "vmap")
     ]
-    np.testing.assert_allclose(flat(estimates[1]), flat(estimates[0]), rtol=1e-6)
+    # each probe divides a fitness difference by h = fd_sigma: rounding 2^-24 |F| of either program becomes
+    # 2^-24 |F| / h per coordinate (x10 for any CPU)
+    atol = 10 * 2.0**-24 * float(quadratic_loss(MU, 0.3)) / EstimatorConfig().fd_sigma
+    np.testing.assert_allclose(flat(estimates[1]), flat(estimates[0]), rtol=0, atol=atol)
 
 
 EIGHT_DEVICES = textwrap.dedent(
@@ -180,8 +186,9 @@ def test_eight_shards_on_one_device_equal_eight_devices(tmp_path, tiny_protonet)
     inputs = {"cases": DEVICE_CASES, "net": NET, "params": jax.tree.map(np.asarray, params),
               "episode": tuple(np.asarray(x) for x in episode)}
     (tmp_path / "inputs.pkl").write_bytes(pickle.dumps(inputs))
-    env = os.environ | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "8",
-                        "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    # the child compiles with this process's XLA flags (e.g. CI's AVX2-limited pass), plus the device count
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+    env = os.environ | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "8", "XLA_FLAGS": flags}
     child = subprocess.Popen(  # runs while this process computes the one-device estimates
         [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / "inputs.pkl"), str(tmp_path)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -190,4 +197,4 @@ def test_eight_shards_on_one_device_equal_eight_devices(tmp_path, tiny_protonet)
     out, _ = child.communicate(timeout=300)
     assert child.returncode == 0, out
     for case, g in local.items():
-        assert_close(np.load(tmp_path / f"{case}.npy"), g, rtol=1e-6, msg=case)
+        assert_close(np.load(tmp_path / f"{case}.npy"), g, rtol=1e-4, msg=case)
