@@ -116,6 +116,15 @@ def test_a_missing_data_root_is_refused_without_creating_anything(tmp_path):
     assert not root.exists() and not out.exists()
 
 
+def test_hardware_refused_when_the_job_would_start_leaves_no_skeleton(tmp_path, monkeypatch):
+    """`hardware=gpu` without a GPU used to leave `.hydra/` and a log behind: now nothing is created."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # no GPU, whatever the machine has
+    out = tmp_path / "out"
+    proc = run_cli(*FAST, "hardware=gpu", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert_one_line_error(proc, "hardware.platform=gpu")
+    assert not out.exists()
+
+
 def test_an_out_of_range_seed_is_one_line(tmp_path):
     proc = run_cli("seed=9223372036854775808", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
     assert_one_line_error(proc, "seed=9223372036854775808 is out of range")
