@@ -79,12 +79,33 @@ def manifest(path: Path | None) -> dict[str, Entry]:
 
 
 def out_dir(args: argparse.Namespace, out_name: str) -> Path:
-    """--out, or its default (see --help)."""
+    """--out, or its default (see --help), created and checked writable (a UsageError otherwise)."""
+    from esmeta.errors import ConfigError
+    from esmeta.results import ensure_writable_dir
+
     if args.out is not None:
-        return args.out
-    if args.results is not None:
-        return args.results / out_name
-    return Path(f"wandb-{args.entity}-{args.project}") / out_name
+        out = args.out
+    elif args.results is not None:
+        out = args.results / out_name
+    else:
+        out = Path(f"wandb-{args.entity}-{args.project}") / out_name
+    try:
+        ensure_writable_dir(out, "--out")
+    except ConfigError as e:
+        raise UsageError(str(e).replace("set --out=", "pass --out ")) from None
+    return out
+
+
+def write_outputs(out: Path, files: dict[str, Callable[[Path], object]]) -> None:
+    """Create `out` and call each writer on its file; a failed write is a UsageError naming the file."""
+    path = out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, write in files.items():
+            path = out / name
+            write(path)
+    except OSError as e:
+        raise UsageError(f"cannot write {path} ({e.strerror or e}); pass --out <a writable directory>") from None
 
 
 def load_source(args: argparse.Namespace) -> Results:

@@ -241,9 +241,12 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     for number_, line in enumerate(file.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"unreadable {METRICS} line {number_}: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"unreadable {METRICS} line {number_}: {type(row).__name__}, not a JSON object")
+            rows.append(row)
     return rows
 
 

@@ -36,6 +36,7 @@ DESCRIPTION = (
 def run(argv: list[str] | None) -> int:
     args, entries, results = cli.prepare(PROG, DESCRIPTION, "tables", NAMES, argv)
     names = args.only or list(NAMES)
+    out = cli.out_dir(args, "tables")  # checked before anything is printed or written
 
     documents: dict[str, tuple[str, str, object]] = {}  # name -> (markdown, latex, csv frame)
     for key in names:
@@ -53,13 +54,13 @@ def run(argv: list[str] | None) -> int:
         full += f"\n## Skipped runs (no `done` marker or unreadable)\n\n{skipped}"
     print(full, end="")
 
-    out = cli.out_dir(args, "tables")
-    out.mkdir(parents=True, exist_ok=True)
+    files: dict = {}
     for key, (markdown, latex, frame) in documents.items():
-        (out / f"{key}.md").write_text(markdown)
-        (out / f"{key}.tex").write_text(latex)
-        frame.to_csv(out / f"{key}.csv", index=False)
-    (out / "tables.md").write_text(full)
+        files[f"{key}.md"] = lambda p, text=markdown: p.write_text(text)
+        files[f"{key}.tex"] = lambda p, text=latex: p.write_text(text)
+        files[f"{key}.csv"] = lambda p, frame=frame: frame.to_csv(p, index=False)
+    files["tables.md"] = lambda p: p.write_text(full)
+    cli.write_outputs(out, files)
     print(f"\nWrote {cli.count(len(documents), 'table')} (.md, .tex, .csv) and tables.md to {out}", file=sys.stderr)
     return 0
 

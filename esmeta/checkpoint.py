@@ -4,22 +4,28 @@ A checkpoint holds the mean parameters, the optimizer state, the number of episo
 per-epoch records so far, the per-step metrics of the unfinished epoch and the time spent. PRNG
 state needs no storing: the key of episode `step` is fold_in(train_key, step) from the seed, so a
 resumed run draws the same episodes and perturbations as an uninterrupted one (bitwise on CPU).
+
+The file is `{"format", "sha256", "payload"}`: the payload's SHA-256 is checked before anything in it
+is trusted, and the arrays' shapes and dtypes against the run's own, so a damaged checkpoint is one
+line naming it, never a resumed run with silently different weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flax import serialization
 
 from esmeta.errors import ConfigError
 from esmeta.results import CHECKPOINT, atomic_write_bytes
 
-__all__ = ["CHECKPOINT", "Progress", "load", "save"]
-FORMAT = 1
+__all__ = ["CHECKPOINT", "Progress", "Saved", "load", "read", "refuse", "restore", "save", "sha256"]
+FORMAT = 2
 
 
 @dataclass
@@ -35,28 +41,81 @@ class Progress:
     budget_seconds: float = 0.0  # budget clock spent before this process started
 
 
+@dataclass(frozen=True)
+class Saved:
+    """A verified checkpoint, read without JAX: its arrays as a state dict, progress and config."""
+
+    path: Path
+    arrays: dict[str, Any]
+    progress: Progress
+    config: dict[str, Any]
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of `data`: the checksum stored with checkpoints and parameter files."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def save(path: Path, arrays: Any, progress: Progress, config: dict[str, Any]) -> None:
     """Write (params, opt_state) and the progress atomically: a killed run leaves the previous checkpoint."""
-    blob = {
-        "format": FORMAT,
+    payload = serialization.msgpack_serialize({
         "arrays": serialization.to_state_dict(arrays),
         "progress": json.dumps(asdict(progress)),
         "config": json.dumps(config, sort_keys=True),
-    }
+    })
+    blob = {"format": FORMAT, "sha256": sha256(payload), "payload": payload}
     atomic_write_bytes(path, serialization.msgpack_serialize(blob))
+
+
+def refuse(path: Path, problem: str) -> ConfigError:
+    """The one-line error for a checkpoint that cannot be resumed: names it and says what to do."""
+    return ConfigError(
+        f"cannot resume from {path} ({problem}); delete that file to restart this run from scratch, "
+        "or pass train.resume=false"
+    )
+
+
+def read(path: Path) -> Saved:
+    """The checkpoint at `path`, its checksum verified; a damaged or foreign file is a one-line ConfigError."""
+    try:
+        blob = serialization.msgpack_restore(path.read_bytes())
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            found = blob.get("format") if isinstance(blob, dict) else None
+            raise ValueError(f"format {found!r}, expected {FORMAT}")
+        if sha256(blob["payload"]) != blob["sha256"]:
+            raise ValueError("checksum mismatch: the file is damaged")
+        inner = serialization.msgpack_restore(blob["payload"])
+        progress = Progress(**json.loads(inner["progress"]))
+        config = json.loads(inner["config"])
+        arrays = inner["arrays"]
+    except Exception as e:  # a truncated, edited or foreign file: say which, never guess
+        raise refuse(path, f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+    return Saved(path=path, arrays=arrays, progress=progress, config=config)
+
+
+def restore(saved: Saved, arrays_like: Any) -> Any:
+    """`saved`'s arrays in the structure of `arrays_like`, each checked for the same shape and dtype."""
+    try:
+        arrays = serialization.from_state_dict(arrays_like, saved.arrays)
+    except Exception as e:
+        raise refuse(saved.path, f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+    expected = serialization.to_state_dict(arrays_like)
+    _check_leaves(saved.path, serialization.to_state_dict(arrays), expected, "")
+    return arrays
+
+
+def _check_leaves(path: Path, got: Any, expected: Any, where: str) -> None:
+    """Raise unless every array in `got` has the shape and dtype of its counterpart in `expected`."""
+    if isinstance(expected, dict):
+        for key, value in expected.items():
+            _check_leaves(path, got[key], value, f"{where}/{key}")
+        return
+    a, b = np.asarray(got), np.asarray(expected)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise refuse(path, f"array {where or '/'} is {a.dtype}{list(a.shape)}, this run's is {b.dtype}{list(b.shape)}")
 
 
 def load(path: Path, arrays_like: Any) -> tuple[Any, Progress, dict[str, Any]]:
     """(arrays shaped like `arrays_like`, progress, the config the checkpoint was written with)."""
-    try:
-        blob = serialization.msgpack_restore(path.read_bytes())
-        if blob.get("format") != FORMAT:
-            raise ValueError(f"format {blob.get('format')!r}, expected {FORMAT}")
-        arrays = serialization.from_state_dict(arrays_like, blob["arrays"])
-        progress = Progress(**json.loads(blob["progress"]))
-        config = json.loads(blob["config"])
-    except Exception as e:  # a truncated or foreign file: say which, never guess
-        raise ConfigError(
-            f"cannot resume from {path} ({type(e).__name__}: {e}); delete it or pass train.resume=false"
-        ) from None
-    return arrays, progress, config
+    saved = read(path)
+    return restore(saved, arrays_like), saved.progress, saved.config

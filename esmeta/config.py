@@ -32,6 +32,8 @@ PROGRESS = ("auto", "on", "off")
 BUDGET_CLOCKS = ("wall", "cpu")
 LOGGERS = ("wandb", "none")
 SCALES = ("paper", "smoke", "custom")
+INT_LIMIT = 2**63  # every integer setting must fit a signed 64-bit integer (what JAX and numpy take)
+SEEDS = ("seed", "eval.seed", "data.split_seed")
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if base == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}={value!r} must be an integer")
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            raise ConfigError(f"{key}={value} is out of range; use an integer below 2^63 = {INT_LIMIT}")
         return value
     if base == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -273,6 +277,8 @@ def validate(config: Config) -> None:
     from esmeta.data.splits import split_sizes  # static sizes, no data loaded
 
     t, d, e, h = config.task, config.data, config.estimator, config.hardware
+    for key, seed in zip(SEEDS, (config.seed, config.eval.seed, d.split_seed)):
+        _positive(key, seed, allow_zero=True)
     _positive("alpha", config.alpha)
     for key in ("train_way", "shot", "query", "test_way", "test_shot", "test_query"):
         _positive(f"task.{key}", getattr(t, key))

@@ -10,11 +10,30 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
+from esmeta.checkpoint import sha256
 from esmeta.config import Config, from_mapping
 from esmeta.data.episodes import to_float
-from esmeta.errors import DataError
+from esmeta.errors import DataError, EsmetaError
 from esmeta.protonet import Params, embed, init_params
-from esmeta.results import PARAMS, read_summary
+from esmeta.results import PARAMS, SUMMARY
+from esmeta.train import read_finished_summary
+
+
+def _read_params(path: Path, template: Params, expected_sha256: str | None) -> Params:
+    """The parameters in `path`, checked against the checksum the summary recorded (runs written before
+    esmeta recorded one: against the shapes only); a damaged file is a one-line DataError naming it."""
+    try:
+        data = path.read_bytes()
+        if expected_sha256 is not None and sha256(data) != expected_sha256:
+            raise ValueError("checksum mismatch with summary.json's params_sha256")
+        params = serialization.from_bytes(template, data)
+        for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(template), strict=True):
+            if got.shape != want.shape:
+                raise ValueError(f"an array is {list(got.shape)}, the config's model needs {list(want.shape)}")
+    except Exception as e:  # msgpack errors, a wrong structure, a checksum or shape mismatch
+        raise DataError(f"{path} is damaged ({type(e).__name__}: {' '.join(str(e).split())}); "
+                        "it cannot be used, rerun the run with train.resume=false") from None
+    return params
 
 
 @dataclass(frozen=True)
@@ -37,10 +56,13 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     run_dir = Path(run_dir)
     if not (run_dir / "done").exists() or not (run_dir / PARAMS).exists():
         raise DataError(f"{run_dir} holds no finished run (no `done` marker or {PARAMS}); pass a run's output directory")
-    summary = read_summary(run_dir)
-    config = from_mapping(summary["config"])
+    summary = read_finished_summary(run_dir)
+    try:
+        config = from_mapping(summary["config"])
+    except (KeyError, TypeError, EsmetaError) as e:
+        raise DataError(f"{run_dir / SUMMARY} holds no valid config ({type(e).__name__}: {e}); it is damaged") from None
     template = init_params(jax.random.key(0), config.model.channels, config.data.image_size)
-    params = serialization.from_bytes(template, (run_dir / PARAMS).read_bytes())
+    params = _read_params(run_dir / PARAMS, template, summary.get("params_sha256"))
     channels = config.model.channels
 
     @jax.jit

@@ -10,21 +10,29 @@ Layout (one directory per Hydra job):
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
+import socket
 import tempfile
+import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
-from esmeta.errors import ConfigError
+from esmeta.errors import ConfigError, DataError
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 PARAMS = "params.msgpack"
 DONE = "done"
 CHECKPOINT = "checkpoint.msgpack"  # see esmeta.checkpoint; removed when the run is done
+LOCK = ".esmeta.lock"  # held (an OS lock) by the one process writing the directory; says which
+TMP_SUFFIX = ".tmp"  # atomic writes go through `.<name>.<random>.tmp` beside their target
+RESUME_HINT = "free space (or fix the permissions) and rerun the same command: it resumes from the last checkpoint"
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,34 +48,119 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory and rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def file_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask): what temporary files must be given
+    before their rename, since mkstemp makes them 0600 and a shared results folder must stay readable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def atomic_writer(path: Path, hint: str = RESUME_HINT) -> Iterator[IO[bytes]]:
+    """A file to write `path` through: a temporary file in the same directory, renamed over `path` when the
+    block ends, so readers never see half a file. A failed write (a full disk, a directory in the way)
+    leaves `path` as it was and raises a one-line DataError naming it, with `hint`."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        raise DataError(f"cannot write {path} ({e.strerror or e}); {hint}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_writer`)."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def remove_stale_temporaries(directory: Path, older_than_s: float = 0.0, prefix: str = "") -> None:
+    """Delete the temporary files of atomic writes (of targets named `prefix*`) that a killed process left in
+    `directory`, those older than `older_than_s`: where other processes may be writing, theirs are young."""
+    now = time.time()
+    for tmp in directory.glob(f".{prefix}*{TMP_SUFFIX}"):
+        try:
+            if now - tmp.stat().st_mtime >= older_than_s:
+                tmp.unlink()
+        except OSError:  # gone meanwhile, or not ours to delete: never fatal
+            pass
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n").encode())
 
 
-def ensure_writable_dir(path: Path, key: str = "hydra.run.dir") -> None:
-    """Create `path` (and parents) or raise a one-line ConfigError saying which setting to change."""
+def ensure_writable_dir(path: Path, key: str = "hydra.run.dir", create: bool = True) -> None:
+    """Create `path` (and parents), or with `create=False` only check that it could be created and written;
+    raise a one-line ConfigError saying which setting to change."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe.", delete=True)
-        probe.close()
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe.", delete=True)
+            probe.close()
+            return
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise OSError(errno.ENOTDIR, "Not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OSError(errno.EACCES, "Permission denied")
     except OSError as e:
         raise ConfigError(
             f"output directory {path} is not writable ({e.strerror or e}); set {key}=<a writable directory>"
         ) from None
+
+
+class DirLock:
+    """An exclusive OS lock on a directory (its `.esmeta.lock` file) for one writer at a time.
+
+    A POSIX record lock (fcntl.lockf): the kernel releases it when the holding process ends, however it
+    ends (SIGKILL included), so a killed run never leaves a directory locked; and a process may take it
+    again while it holds it (the command line locks before Hydra writes, training locks again).
+    """
+
+    def __init__(self, directory: Path, key: str = "hydra.run.dir"):
+        self.directory = Path(directory)
+        self.key = key
+        self.fd: int | None = None
+
+    def acquire(self) -> "DirLock":
+        """Take the lock (creating the directory) or raise a one-line ConfigError naming the holder."""
+        ensure_writable_dir(self.directory, self.key)
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(
+                f"{self.directory} is in use by another run ({holder}); wait for it to finish, "
+                f"or set {self.key}=<another directory>"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Let go (closing the file releases this process's lock on it)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class RunDir:
@@ -86,13 +179,21 @@ class RunDir:
         if not self.enabled:
             return
         ensure_writable_dir(self.path)
+        remove_stale_temporaries(self.path)  # the lock is ours: any temporary file here is a killed run's
         for name in (DONE, SUMMARY, METRICS) + (() if keep_checkpoint else (CHECKPOINT,)):
             (self.path / name).unlink(missing_ok=True)
 
+    def lock(self) -> DirLock | None:
+        """Take this directory's lock (None where this process writes nothing); see DirLock."""
+        return DirLock(self.path).acquire() if self.enabled else None
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with open(self.path / METRICS, "a") as f:
-                f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
+            try:
+                with open(self.path / METRICS, "a") as f:
+                    f.write(json.dumps(_jsonable(record), sort_keys=True) + "\n")
+            except OSError as e:
+                raise DataError(f"cannot write {self.path / METRICS} ({e.strerror or e}); {RESUME_HINT}") from None
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl by `records` (a resumed run's epochs up to its checkpoint), atomically."""

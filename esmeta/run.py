@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from esmeta.config import Config, from_mapping
@@ -102,6 +104,11 @@ def _output_dir(hydra_cfg: Any, multirun: bool) -> Path:
 def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Config]:
     """Compose and validate every configuration the overrides describe, a stored sweep's grid included;
     raise ConfigError on the first bad one."""
+    return plan_command(overrides, multirun)[0]
+
+
+def plan_command(overrides: Sequence[str], multirun: bool = False) -> tuple[list[Config], Path, bool]:
+    """(every configuration, the run or sweep directory, multirun?) of a command, all checked, nothing written."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import OverrideParseException
@@ -132,16 +139,40 @@ def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Co
             out = _output_dir(cfg.hydra, multirun)
             job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
             configs.append(config_from_omegaconf(job))
-    ensure_writable_dir(out, "hydra.sweep.dir" if multirun else "hydra.run.dir")
-    return configs
+    ensure_writable_dir(out, "hydra.sweep.dir" if multirun else "hydra.run.dir", create=False)
+    return configs, out, multirun
+
+
+JOB_FAILED = "failed"  # what a multirun job returns when it failed (recorded in its summary, counted at the end)
+
+
+class FailedJobs(Callback):
+    """Counts a multirun's failed jobs; at its end, one line with the count and a non-zero exit status."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.failed: list[str] = []
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        self.jobs += 1
+        if job_return.status == JobStatus.FAILED or job_return._return_value == JOB_FAILED:
+            self.failed.append(str(config.hydra.runtime.output_dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.failed:
+            print(
+                f"esmeta: error: {len(self.failed)} of {self.jobs} jobs failed (each says why in its summary.json, "
+                f"first: {self.failed[0]}); rerun the same command to redo only those",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
-def _job(cfg: DictConfig) -> float | None:
-    """One Hydra job: validate, train, report. Returns the test accuracy (for sweepers)."""
+def _job(cfg: DictConfig) -> float | str | None:
+    """One Hydra job: validate, train, report. Returns the test accuracy (for sweepers), or JOB_FAILED."""
     from hydra.types import RunMode
 
-    from esmeta.results import RunDir
     from esmeta.train import JobInfo, train
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # Hydra logs INFO; JAX's backend probing is noise
@@ -154,28 +185,37 @@ def _job(cfg: DictConfig) -> float | None:
         sweep_dir=str(hc.sweep.dir) if multirun else None,
         job_name=hc.job.name,
     )
+    config = None
     try:
         config = config_from_omegaconf(cfg)
-    except EsmetaError as e:
-        fail(str(e))
-    try:
         summary = train(config, run_dir, job)
-    except EsmetaError as e:
-        fail(str(e))
     except Exception as e:
-        # Recorded, then raised: Hydra finishes the sweep's other jobs and reports this one at the end.
-        RunDir(run_dir).finish(
-            {"status": "failed", "error": f"{type(e).__name__}: {e}", "config": config.to_dict(),
-             "overrides": list(job.overrides), "sweep": job.sweep}
-        )
-        traceback.print_exc()
-        raise
+        return _job_failed(e, config, run_dir, job, multirun)
     print(
         f"[{summary['status']}] {summary['estimator']}: test accuracy {summary['test_accuracy']:.4f} "
         f"± {summary['test_accuracy_std']:.4f} ({config.task.test_way}-way {config.task.test_shot}-shot, "
         f"{summary['test_episodes']} episodes) -> {run_dir}"
     )
     return summary["test_accuracy"]
+
+
+def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any, multirun: bool) -> str:
+    """A job's failure: refused in one line (a single run, bad input: nothing written, exit 2); otherwise
+    recorded as the job's `failed` summary and reported; a multirun goes on to its next job."""
+    from esmeta.train import record_failure
+
+    bad_input = isinstance(error, EsmetaError)
+    if bad_input and not multirun:
+        fail(str(error))
+    if config is not None:
+        record_failure(config, run_dir, job, error)
+    if bad_input:
+        print(f"esmeta: error: {run_dir}: {error}", file=sys.stderr)
+    else:
+        traceback.print_exc()
+    if not multirun:
+        raise error
+    return JOB_FAILED
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
@@ -192,13 +232,33 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides, multirun, passthrough = _split_argv(argv)
+    lock = None
     if not passthrough:
         try:
-            check_overrides(overrides, multirun)
+            lock = _preflight(overrides, multirun)
         except EsmetaError as e:
             fail(str(e))
     sys.argv = [sys.argv[0], *argv]
-    _job()
+    try:
+        _job()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _preflight(overrides: Sequence[str], multirun: bool) -> Any:
+    """Check the command before Hydra writes anything; return the lock it holds on the run or sweep directory.
+
+    A single run is checked whole (hardware, data, what its directory holds); a multirun's sweep directory is
+    locked for the whole sweep, and each job is checked when it starts (a failure is that job's alone).
+    """
+    from esmeta.results import DirLock
+    from esmeta.train import preflight
+
+    configs, out, multirun = plan_command(overrides, multirun)
+    if multirun:
+        return DirLock(out, "hydra.sweep.dir").acquire()
+    return preflight(configs[0], out)
 
 
 if __name__ == "__main__":

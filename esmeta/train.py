@@ -27,11 +27,12 @@ from flax import serialization
 from esmeta import checkpoint
 from esmeta.config import Config, EstimatorConfig, scaled
 from esmeta.data import load_omniglot, sample_episode, split_classes
-from esmeta.errors import ConfigError
+from esmeta.data.omniglot import check_zips
+from esmeta.errors import ConfigError, DataError, EsmetaError
 from esmeta.estimators import make_estimator
 from esmeta.hardware import configure_backend, make_mesh
 from esmeta.protonet import Params, init_params, loss_and_accuracy, num_params
-from esmeta.results import RunDir, read_summary
+from esmeta.results import DONE, SUMMARY, DirLock, RunDir, read_summary
 from esmeta.tracking import default_group, open_tracker, run_name, run_tags
 
 log = logging.getLogger(__name__)
@@ -227,29 +228,121 @@ def _check_same_run(saved: dict[str, Any], config: Config, where: Path, what: st
         )
 
 
+def check_start(config: Config) -> tuple[Any, int]:
+    """What must hold before a run touches its directory: the hardware it asks for and the data.
+    Returns (mesh, shards); raises a one-line EsmetaError otherwise. Writes nothing (but a download)."""
+    configure_backend(config.hardware)
+    mesh, shards = make_mesh(scaled(config).hardware)
+    check_zips(config.data.root, config.data.download)
+    return mesh, shards
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a run directory holds for this configuration: a finished run to keep, a checkpoint, or neither."""
+
+    finished: dict[str, Any] | None = None
+    saved: checkpoint.Saved | None = None
+
+
+def read_finished_summary(path: Path) -> dict[str, Any]:
+    """A finished run's summary.json, or a one-line DataError naming the file when it is damaged."""
+    try:
+        summary = read_summary(path)
+        if not isinstance(summary, dict) or not isinstance(summary.get("config", {}), dict):
+            raise ValueError("not a summary object")
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"{path / SUMMARY} is unreadable ({type(e).__name__}: {' '.join(str(e).split())}); "
+            f"delete {path / DONE} to run it again, or pass train.resume=false"
+        ) from None
+    return summary
+
+
+def _check_progress(saved: checkpoint.Saved, config: Config) -> None:
+    """A checkpoint's episode count must lie inside this run and agree with its logged epochs."""
+    p, epe = saved.progress, config.train.episodes_per_epoch
+    total = config.train.epochs * epe
+    if not (0 < p.step < total and len(p.records) == p.step // epe and len(p.window) == p.step % epe):
+        raise checkpoint.refuse(
+            saved.path, f"it says {p.step} episodes done with {len(p.records)} epochs logged, which does not fit "
+            f"this run's {config.train.epochs} x {epe} episodes"
+        )
+
+
+def inspect_run_dir(config: Config, path: Path) -> RunState:
+    """What `path` holds for `config`, reading only; a finished run of another configuration, a damaged
+    summary or an unusable checkpoint is a one-line EsmetaError (the command is refused, nothing written)."""
+    if not config.train.resume:
+        return RunState()
+    if (path / DONE).exists():
+        previous = read_finished_summary(path)
+        if previous.get("status") != "failed":
+            _check_same_run(previous.get("config", {}), config, path, "a finished run")
+            return RunState(finished=previous)
+    if (path / checkpoint.CHECKPOINT).exists():
+        saved = checkpoint.read(path / checkpoint.CHECKPOINT)
+        _check_same_run(saved.config, config, path, "a checkpoint")
+        _check_progress(saved, config)
+        return RunState(saved=saved)
+    return RunState()
+
+
+def preflight(config: Config, run_dir: Path) -> DirLock | None:
+    """Every check of a single run, before Hydra writes into its directory: hardware, data, what the directory
+    holds, and its lock (returned, held; None for a multi-process run, whose process 0 locks in `train`)."""
+    check_start(config)
+    inspect_run_dir(config, run_dir)
+    return DirLock(run_dir).acquire() if config.hardware.processes == 1 else None
+
+
+def record_failure(config: Config, run_dir: Path, job: JobInfo, error: BaseException) -> bool:
+    """Record `error` as the run's `failed` summary (rerunning redoes it), unless the directory is not this
+    run's to write: another process holds it, or it holds a finished run. Returns whether it wrote."""
+    out = RunDir(run_dir)
+    message = str(error) if isinstance(error, EsmetaError) else f"{type(error).__name__}: {error}"
+    try:
+        with DirLock(out.path):
+            if out.done and read_finished_summary(out.path).get("status") != "failed":
+                return False
+            out.finish({"status": "failed", "error": message, "config": config.to_dict(),
+                        "overrides": list(job.overrides), "sweep": job.sweep})
+    except (EsmetaError, OSError):
+        return False
+    return True
+
+
 def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> dict[str, Any]:
     """Train and test one run; write metrics, checkpoints, parameters and summary to `run_dir`; return the summary.
 
     With `train.resume` (default), a run directory holding a finished run returns its summary untouched,
-    and one holding a checkpoint continues from it: same episodes, same candidates, same result.
+    and one holding a checkpoint continues from it: same episodes, same candidates, same result. Everything
+    is checked before the directory is written, and the directory is locked for the whole run.
     """
     job = job or JobInfo()
     start = time.perf_counter()
-    configure_backend(config.hardware)
+    mesh, shards = check_start(config)
     writer = jax.process_index() == 0  # in a multi-process run only process 0 writes results and logs
     out = RunDir(run_dir, enabled=writer)
-    ckpt_path = out.path / checkpoint.CHECKPOINT
-    if config.train.resume and out.done:
-        previous = read_summary(out.path)
-        if previous.get("status") != "failed":
-            _check_same_run(previous.get("config", {}), config, out.path, "a finished run")
+    lock = out.lock()
+    try:
+        state = inspect_run_dir(config, out.path)
+        if state.finished is not None:
             log.warning("%s already holds this finished run: not retrained (train.resume=false starts over)", out.path)
-            return previous
-    resuming = config.train.resume and ckpt_path.exists()
-    out.start(keep_checkpoint=resuming)
+            return state.finished
+        return _run(config, out, state.saved, mesh, shards, job, start)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any, shards: int, job: JobInfo,
+         start: float) -> dict[str, Any]:
+    """The run itself, its directory locked and checked: data, model, loop, test, results."""
+    writer = out.enabled
+    ckpt_path = out.path / checkpoint.CHECKPOINT
+    resuming = saved is not None
     run = scaled(config)  # what executes: the scale's caps applied (config keeps the requested values)
-    mesh, shards = make_mesh(run.hardware)
     t, e = run.task, run.estimator
 
     data = load_omniglot(
@@ -276,9 +369,11 @@ def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> di
     ) if config.eval.val_episodes else None
 
     progress = checkpoint.Progress()
+    if saved is not None:
+        params, opt_state = checkpoint.restore(saved, (params, opt_state))
+        progress = saved.progress
+    out.start(keep_checkpoint=resuming)  # the first write into the directory: everything is checked
     if resuming:
-        (params, opt_state), progress, saved = checkpoint.load(ckpt_path, (params, opt_state))
-        _check_same_run(saved, config, out.path, "a checkpoint")
         out.rewrite_metrics(progress.records)  # drop lines logged after the checkpoint
     budget_seconds = make_budget_clock(config.train.budget_clock)
     elapsed = lambda: progress.seconds + time.perf_counter() - start  # noqa: E731
@@ -338,18 +433,19 @@ def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> di
                     break
                 if every and (progress.step % every == 0 or progress.step % epe == 0) and progress.step < total:
                     pull()
-                    saved = dataclasses.replace(
+                    snapshot = dataclasses.replace(
                         progress, seconds=elapsed(), budget_seconds=progress.budget_seconds + budget_seconds()
                     )
                     if writer:
-                        checkpoint.save(ckpt_path, (params, opt_state), saved, config.to_dict())
+                        checkpoint.save(ckpt_path, (params, opt_state), snapshot, config.to_dict())
         finally:
             bar.close()
 
         test_keys = episode_keys(test_key, config.eval.test_episodes)
         test = make_evaluator(images["test"], test_keys, t.test_way, t.test_shot, t.test_query, eval_metrics)
         accuracies = np.asarray(test(params))
-        out.write_params(serialization.to_bytes(params))
+        params_bytes = serialization.to_bytes(params)
+        out.write_params(params_bytes)
         nan = float("nan")
         summary = {
             "status": status,
@@ -377,6 +473,7 @@ def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> di
             "versions": versions(),
             "overrides": list(job.overrides),
             "job_name": job.job_name,
+            "params_sha256": checkpoint.sha256(params_bytes),  # load_run verifies params.msgpack against it
         }
         summary = out.finish(summary)
         tracker.summary({k: v for k, v in summary.items() if k not in ("config", "versions", "devices", "overrides")})

@@ -125,3 +125,24 @@ def test_unknown_keys_in_a_mapping_are_rejected():
     raw["model"]["chanels"] = 16
     with pytest.raises(ConfigError, match="unknown setting model.chanels"):
         from_mapping(raw)
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("seed=9223372036854775808", "seed=9223372036854775808 is out of range"),
+        ("eval.seed=99999999999999999999", "eval.seed=99999999999999999999 is out of range"),
+        ("model.channels=9223372036854775808", "model.channels=9223372036854775808 is out of range"),
+        ("seed=-1", "seed=-1 must be at least 0"),
+        ("data.split_seed=-3", "data.split_seed=-3 must be at least 0"),
+    ],
+)
+def test_integers_are_range_checked_up_front(override, fragment):
+    """2^63 and beyond, and negative seeds, are one ConfigError before anything runs (not an OverflowError later)."""
+    with pytest.raises(ConfigError, match=fragment.replace("^", r"\^")):
+        check_overrides([override])
+
+
+def test_the_largest_seed_is_accepted():
+    (config,) = check_overrides([f"seed={2**63 - 1}"])
+    assert config.seed == 2**63 - 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from flax import serialization
 
+from esmeta import checkpoint
+from esmeta.errors import ConfigError
 from esmeta.results import read_metrics, read_summary
 from esmeta.train import config_difference
 
@@ -33,10 +33,9 @@ def command(run_dir: Path, *extra: str) -> list[str]:
 def checkpoint_step(run_dir: Path) -> int | None:
     """Episodes done according to the run's checkpoint (None while there is none)."""
     try:
-        blob = serialization.msgpack_restore((run_dir / "checkpoint.msgpack").read_bytes())
-    except FileNotFoundError:
+        return checkpoint.read(run_dir / "checkpoint.msgpack").progress.step
+    except ConfigError:  # not there (yet)
         return None
-    return json.loads(blob["progress"])["step"]
 
 
 @pytest.fixture(scope="module")

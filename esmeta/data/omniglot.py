@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import io
 import json
+import logging
 import os
 import tempfile
 import urllib.request
@@ -19,12 +20,16 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import platformdirs
 from PIL import Image, ImageOps
 
 from esmeta.errors import ConfigError, DataError
+from esmeta.results import atomic_writer, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
 
 NUM_IMAGES_PER_CLASS = 20
 ZIP_NAMES = ("images_background.zip", "images_evaluation.zip")
@@ -38,8 +43,10 @@ UPSTREAM_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/py
 ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise; class k of a character is np.rot90(img, k)
 RESIZE_FILTERS = ("antialias", "nearest")
 SOURCE_SIZE = 105  # side of every official Omniglot PNG
-CACHE_FORMAT_VERSION = 1  # bump when preprocessing changes, so stale caches are not reused
+CACHE_FORMAT_VERSION = 2  # bump when preprocessing changes, so stale caches are not reused
 DOWNLOAD_TIMEOUT_S = 10.0
+STALE_TEMP_S = 3600.0  # a cache temp file this old is a killed writer's (writing one takes seconds)
+NUM_CLASSES = len(ROTATIONS) * sum(EXPECTED_CHARACTERS.values())  # 6492
 
 _FIX_HINT = (
     "set ESMETA_DATA_DIR or data.root=<dir> to a folder holding "
@@ -100,13 +107,19 @@ def _download(url: str, dest: Path, md5: str) -> None:
     """Fetch url into dest via a temp file in the same folder; rename only if the md5 matches.
 
     DOWNLOAD_TIMEOUT_S bounds connecting and each read (name resolution is up to the system resolver).
+    The folder is created only once the server answers: a failed download creates nothing.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        _fetch(response, fd, Path(tmp_name), dest, md5, url)
+
+
+def _fetch(response: Any, fd: int, tmp: Path, dest: Path, md5: str, url: str) -> None:
+    """Stream `response` into the temp file `tmp` (open as `fd`), then rename it to `dest` if the md5 matches."""
     try:
         digest = hashlib.md5(usedforsecurity=False)  # an integrity check, not security
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        with os.fdopen(fd, "wb") as out:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
@@ -244,33 +257,67 @@ def cache_file(cache_dir: str | Path | None, image_size: int, resize_filter: str
     return cache_dir / f"omniglot_{image_size}px_{resize_filter}_v{CACHE_FORMAT_VERSION}.npz"
 
 
-def _cache_meta(image_size: int, resize_filter: str) -> str:
+def zip_fingerprint(zips: dict[str, Path]) -> str:
+    """SHA-256 over every PNG entry's name, size and CRC-32 in both zips (their central directories, read
+    in milliseconds): ties a cache to the zips it was built from, whatever their paths or times."""
+    digest = hashlib.sha256()
+    for zip_name in ZIP_NAMES:
+        with _open_zip(zips[zip_name]) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                if info.filename.endswith(".png"):
+                    digest.update(f"{zip_name}/{info.filename}:{info.file_size}:{info.CRC}\n".encode())
+    return digest.hexdigest()
+
+
+def _cache_meta(image_size: int, resize_filter: str, zips_sha256: str = "") -> str:
     """JSON stored inside the cache; a mismatch on load means the file is stale and is rebuilt."""
-    return json.dumps({"image_size": image_size, "resize_filter": resize_filter, "version": CACHE_FORMAT_VERSION})
+    return json.dumps({"image_size": image_size, "resize_filter": resize_filter, "version": CACHE_FORMAT_VERSION,
+                       "zips_sha256": zips_sha256})
 
 
-def _read_cache(path: Path, meta: str) -> Omniglot | None:
-    """Load a cache file, or None if it is absent, unreadable or for another key."""
+def _cache_problem(npz: Any, meta: str, image_size: int) -> str | None:
+    """Why an opened cache cannot serve this request (another key, other zips, a wrong shape), or None."""
+    if str(npz["meta"]) != meta:
+        return "built for other settings or from other zips"
+    shape = (NUM_CLASSES, NUM_IMAGES_PER_CLASS, image_size, image_size)
+    if npz["images"].shape != shape or npz["images"].dtype != np.uint8 or len(npz["class_names"]) != NUM_CLASSES:
+        return f"holds {npz['images'].dtype}{list(npz['images'].shape)}, expected uint8{list(shape)}"
+    return None
+
+
+def _read_cache(path: Path, meta: str, image_size: int) -> Omniglot | None:
+    """Load a cache file, or None if it is absent, unreadable or stale (said in a warning: it is rebuilt)."""
+    if not path.exists():
+        return None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if str(npz["meta"]) != meta:
-                return None
-            return Omniglot(images=npz["images"], class_names=tuple(str(n) for n in npz["class_names"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        return None
+            problem = _cache_problem(npz, meta, image_size)
+            if problem is None:
+                return Omniglot(images=npz["images"], class_names=tuple(str(n) for n in npz["class_names"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+        problem = f"unreadable: {' '.join(str(err).split())}"
+    log.warning("the Omniglot cache %s is stale (%s); rebuilding it from the zips", path, problem)
+    return None
 
 
 def _write_cache(path: Path, data: Omniglot, meta: str) -> None:
-    """Write atomically: a temp file in the same folder, then os.replace, so no half cache survives."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write atomically (results.atomic_writer), so no half cache survives; temp files of killed writers go."""
+    hint = "set ESMETA_CACHE_DIR or data.cache_dir=<writable dir>"
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=data.images, class_names=np.array(data.class_names), meta=np.array(meta))
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; a shared cache dir should stay readable
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot write the Omniglot cache {path} ({err.strerror or err}); {hint}") from None
+    remove_stale_temporaries(path.parent, STALE_TEMP_S, prefix="omniglot_")
+    with atomic_writer(path, hint) as f:
+        np.savez(f, images=data.images, class_names=np.array(data.class_names), meta=np.array(meta))
+
+
+def check_zips(root: str | Path | None, download: bool = True) -> dict[str, Path]:
+    """Locate (or download) both zips and check their content; {zip name: path}. Writes nothing but a download."""
+    zips = locate_zips(root, download=download)
+    for zip_path in zips.values():
+        check_zip(zip_path)
+    return zips
 
 
 def load_omniglot(
@@ -290,20 +337,12 @@ def load_omniglot(
     if resize_filter not in RESIZE_FILTERS:
         raise ConfigError(f"unknown resize_filter {resize_filter!r}; choose one of: {', '.join(RESIZE_FILTERS)}")
     image_size = int(image_size)
-    zips = locate_zips(root, download=download)
-    for zip_path in zips.values():
-        check_zip(zip_path)
+    zips = check_zips(root, download)
     path = cache_file(cache_dir, image_size, resize_filter)
-    meta = _cache_meta(image_size, resize_filter)
-    cached = _read_cache(path, meta)
+    meta = _cache_meta(image_size, resize_filter, zip_fingerprint(zips))
+    cached = _read_cache(path, meta, image_size)
     if cached is not None:
         return cached
     data = _preprocess(zips, image_size, resize_filter)
-    try:
-        _write_cache(path, data, meta)
-    except OSError as err:
-        raise DataError(
-            f"cannot write the Omniglot cache {path} ({' '.join(str(err).split())}); "
-            "set ESMETA_CACHE_DIR or data.cache_dir=<writable dir>"
-        ) from err
+    _write_cache(path, data, meta)
     return data

@@ -253,3 +253,33 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args: 
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("garbage", ['{"epoch": 3, "val/acc', "42", "null"])
+def test_cli_lists_a_finished_run_left_out_for_a_garbage_metrics_line(
+    results_dir: Path, make_run, tmp_path: Path, garbage: str
+) -> None:
+    """A finished run (it has `done`) whose last metrics.jsonl line is garbage is left out, and said so with why."""
+    table2_runs(make_run)
+    make_run("sweep/8_garbled", alpha=10, sigma=0.1)
+    with open(results_dir / "sweep" / "8_garbled" / "metrics.jsonl", "a") as f:
+        f.write(garbage + "\n")
+    out = tmp_path / "out"
+    done = make_tables("--results", str(results_dir), "--out", str(out), "--only", "table2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    line = next(x for x in done.stderr.splitlines() if "sweep/8_garbled" in x)
+    assert "unreadable metrics.jsonl line" in line
+    assert "sweep/8_garbled: unreadable results: unreadable metrics.jsonl line" in (out / "tables.md").read_text()
+
+
+@pytest.mark.parametrize("out", ["/proc/esmeta-tables", "{file}/sub"])
+def test_cli_unwritable_out_is_one_line_exit_2_before_printing(results_dir: Path, make_run, tmp_path: Path,
+                                                               out: str) -> None:
+    table2_runs(make_run)
+    (tmp_path / "file").write_text("a file, not a directory")
+    done = make_tables("--results", str(results_dir), "--out", out.format(file=tmp_path / "file"), cwd=tmp_path)
+    assert done.returncode == 2
+    lines = [x for x in done.stderr.splitlines() if x.strip() and "skipped" not in x]
+    assert len(lines) == 1 and lines[0].startswith("make_tables: error: ") and "--out" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -266,6 +268,58 @@ def test_failed_cache_write_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_
 
     monkeypatch.setattr(omniglot.np, "savez", savez_then_die)
     data = Omniglot(images=np.zeros((4, 20, 2, 2), np.uint8), class_names=("a", "b", "c", "d"))
-    with pytest.raises(OSError):
+    with pytest.raises(DataError, match="x.npz"):
         omniglot._write_cache(tmp_path / "x.npz", data, "{}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_of_the_wrong_content_is_called_stale_and_rebuilt(
+    omniglot_root: Path, omniglot28_nearest: Omniglot, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A valid cache file with the right key but 400 classes is not blamed on the zips: it is rebuilt."""
+    path = cache_file(tmp_path, 28, "nearest")
+    zips = omniglot.check_zips(omniglot_root, download=False)
+    meta = omniglot._cache_meta(28, "nearest", omniglot.zip_fingerprint(zips))
+    small = Omniglot(images=np.zeros((400, 20, 28, 28), np.uint8), class_names=tuple(f"c{i}" for i in range(400)))
+    omniglot._write_cache(path, small, meta)
+    rebuilt = load_omniglot(omniglot_root, image_size=28, resize_filter="nearest", cache_dir=tmp_path, download=False)
+    assert rebuilt.images.shape[0] == 6492
+    assert any("stale" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+def test_a_cache_is_tied_to_the_zips_it_came_from(omniglot_root: Path, tmp_path: Path) -> None:
+    """Another pair of zips (one entry differs) gives another fingerprint, so their cache is not reused."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in omniglot.ZIP_NAMES:
+        shutil.copy(omniglot_root / name, other / name)
+    with zipfile.ZipFile(other / "images_evaluation.zip", "a") as zf:
+        zf.writestr("images_evaluation/extra/character01/x.png", b"not an image")
+    same = omniglot.zip_fingerprint(omniglot.locate_zips(omniglot_root, download=False))
+    assert omniglot.zip_fingerprint(omniglot.locate_zips(other, download=False)) != same
+
+
+def test_stale_cache_temporaries_are_removed_young_ones_kept(tmp_path: Path) -> None:
+    """A killed cache write leaves `.omniglot_*.tmp`; the next write removes it unless it may be another's."""
+    old, young = tmp_path / ".omniglot_32px.npz.abc.tmp", tmp_path / ".omniglot_28px.npz.def.tmp"
+    old.write_bytes(b"x" * 100)
+    young.write_bytes(b"y")
+    os.utime(old, (1, 1))
+    data = Omniglot(images=np.zeros((4, 20, 2, 2), np.uint8), class_names=("a", "b", "c", "d"))
+    omniglot._write_cache(tmp_path / "omniglot_2px.npz", data, "{}")
+    assert not old.exists() and young.exists() and (tmp_path / "omniglot_2px.npz").exists()
+    assert (tmp_path / "omniglot_2px.npz").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_an_explicit_missing_data_root_is_not_created(tmp_path: Path) -> None:
+    """`data.root=/nonexistent` with downloads on and no network: the error, and no folder left behind."""
+    root = tmp_path / "nonexistent" / "omniglot"
+    with pytest.raises(DataError, match="nonexistent"):
+        omniglot.locate_zips(root, download=True)
+    assert not (tmp_path / "nonexistent").exists()
