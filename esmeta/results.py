@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from esmeta.errors import ConfigError, DataError
 
@@ -111,8 +111,8 @@ def ensure_writable_dir(path: Path, key: str = "hydra.run.dir", create: bool = T
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir():
             raise OSError(errno.ENOTDIR, "Not a directory")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise OSError(errno.EACCES, "Permission denied")
+        # a probe file, removed at once: os.access says yes to root even on read-only or pseudo filesystems (/proc)
+        tempfile.NamedTemporaryFile(dir=existing, prefix=".write-probe.", delete=True).close()
     except OSError as e:
         raise ConfigError(
             f"output directory {path} is not writable ({e.strerror or e}); set {key}=<a writable directory>"
@@ -173,15 +173,19 @@ class RunDir:
         self.path = Path(path)
         self.enabled = enabled
 
-    def start(self, keep_checkpoint: bool = False) -> None:
+    def start(self, keep_checkpoint: bool = False, record: Iterable[tuple[str, str]] = ()) -> None:
         """Prepare the directory: an old `done` marker, summary or metrics must not survive into this run;
-        a checkpoint survives only when the run resumes from it."""
+        a checkpoint survives only when the run resumes from it. Then write `record`'s (path, text) files
+        (the job's .hydra/ configuration)."""
         if not self.enabled:
             return
         ensure_writable_dir(self.path)
         remove_stale_temporaries(self.path)  # the lock is ours: any temporary file here is a killed run's
         for name in (DONE, SUMMARY, METRICS) + (() if keep_checkpoint else (CHECKPOINT,)):
             (self.path / name).unlink(missing_ok=True)
+        for relative, text in record:
+            (self.path / relative).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path / relative, text.encode())
 
     def lock(self) -> DirLock | None:
         """Take this directory's lock (None where this process writes nothing); see DirLock."""

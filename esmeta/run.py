@@ -184,6 +184,11 @@ def _job(cfg: DictConfig) -> float | str | None:
         sweep=hc.runtime.choices.get("sweep"),
         sweep_dir=str(hc.sweep.dir) if multirun else None,
         job_name=hc.job.name,
+        record=(  # what Hydra's output_subdir would hold, written by train once the run is checked
+            (".hydra/config.yaml", OmegaConf.to_yaml(cfg)),
+            (".hydra/hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc}))),
+            (".hydra/overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))),
+        ),
     )
     config = None
     try:

@@ -194,6 +194,8 @@ class JobInfo:
     sweep: str | None = None  # the stored sweep (sweep=NAME) the job belongs to
     sweep_dir: str | None = None  # the multirun's directory, None for a single run
     job_name: str = "esmeta"
+    record: tuple[tuple[str, str], ...] = ()  # (path in the run directory, text): Hydra's .hydra/ files, written
+    # when the run starts, after every check, so that a refused job never rewrites another run's record
 
 
 # Settings that may change between a run and its resumption: they do not change what is computed.
@@ -372,7 +374,7 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     if saved is not None:
         params, opt_state = checkpoint.restore(saved, (params, opt_state))
         progress = saved.progress
-    out.start(keep_checkpoint=resuming)  # the first write into the directory: everything is checked
+    out.start(keep_checkpoint=resuming, record=job.record)  # the first write into the directory: all checked
     if resuming:
         out.rewrite_metrics(progress.records)  # drop lines logged after the checkpoint
     budget_seconds = make_budget_clock(config.train.budget_clock)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from flax import serialization
 
 import esmeta
@@ -63,6 +64,20 @@ def test_a_refused_rerun_leaves_the_finished_run_byte_identical(finished):
     proc = run_cli(*FAST, "alpha=2", f"hydra.run.dir={finished}", cwd=finished.parent)
     assert_one_line_error(proc, "alpha: 0.001 -> 2.0")
     assert tree_bytes(finished) == before  # metrics.jsonl, .hydra/config.yaml and overrides.yaml untouched
+
+
+def test_a_refused_job_of_a_multirun_leaves_the_finished_run_it_would_overwrite_byte_identical(tmp_path, omniglot32):
+    """Rerunning a pinned sweep with another alpha: its job 0 is refused (a finished run of another configuration
+    is there) and nothing of that run's record changes, .hydra/ included; its log only gains the refusal."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *FAST, "seed=0", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    recorded = yaml.safe_load((sweep / "0" / ".hydra" / "config.yaml").read_text())  # the record is written
+    assert recorded["alpha"] == 0.001 and yaml.safe_load((sweep / "0" / ".hydra" / "overrides.yaml").read_text())
+    before = {k: v for k, v in tree_bytes(sweep / "0").items() if not k.endswith(".log")}
+    proc = run_cli(*args, "alpha=2", cwd=tmp_path)
+    assert proc.returncode == 1 and "1 of 1 jobs failed" in proc.stderr and "alpha: 0.001 -> 2.0" in proc.stderr
+    assert {k: v for k, v in tree_bytes(sweep / "0").items() if not k.endswith(".log")} == before
 
 
 def test_a_second_run_into_a_busy_directory_exits_2_naming_it_and_the_holder(finished, tmp_path):
