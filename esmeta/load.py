@@ -13,16 +13,17 @@ from flax import serialization
 from esmeta.config import Config, from_mapping
 from esmeta.data.episodes import to_float
 from esmeta.errors import DataError
-from esmeta.protonet import Params, embed, init_params
-from esmeta.results import PARAMS, read_summary
+from esmeta.protonet import BatchStats, Params, embed, init_batch_stats, init_params
+from esmeta.results import BATCH_STATS, PARAMS, read_summary
 
 
 @dataclass(frozen=True)
 class LoadedRun:
-    """A finished run: its validated config, trained parameters and embedding function."""
+    """A finished run: its validated config, trained parameters, batch-norm running averages and embedding function."""
 
     config: Config
     params: Params
+    batch_stats: BatchStats
     summary: dict
     embed: Callable[[jax.Array], jax.Array]
 
@@ -31,8 +32,10 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """Load `run_dir` (a run's output directory, with its `done` marker).
 
     `embed(images)` takes images as the training preprocessing produces them: uint8 (n, S, S) with
-    255 = ink (a slice of `load_omniglot(...).images`), or float32 (n, S, S, 1) in [0, 1]. Batch norm
-    uses the statistics of the images passed in, as in training: embed a whole episode at once.
+    255 = ink (a slice of `load_omniglot(...).images`), or float32 (n, S, S, 1) in [0, 1]. Batch norm as
+    the run was tested: under model.norm_stats=running (the default) with the run's running averages, so
+    each image's embedding is its own (embed one image or many alike); under `episode` or `support` with
+    the statistics of all the images passed in: embed a whole episode (support and query) at once.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "done").exists() or not (run_dir / PARAMS).exists():
@@ -41,11 +44,15 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     config = from_mapping(summary["config"])
     template = init_params(jax.random.key(0), config.model.channels, config.data.image_size)
     params = serialization.from_bytes(template, (run_dir / PARAMS).read_bytes())
+    if not (run_dir / BATCH_STATS).exists():
+        raise DataError(f"{run_dir} holds no {BATCH_STATS} (a run from before running averages were kept); retrain it")
+    batch_stats = serialization.from_bytes(init_batch_stats(template), (run_dir / BATCH_STATS).read_bytes())
     channels = config.model.channels
+    running = batch_stats if config.model.norm_stats == "running" else None
 
     @jax.jit
     def _embed(x: jax.Array) -> jax.Array:
-        return embed(params, x, channels)
+        return embed(params, x, channels, running=running)
 
     def embed_images(images) -> jax.Array:
         images = jnp.asarray(images)
@@ -53,4 +60,4 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             images = to_float(images)
         return _embed(images)
 
-    return LoadedRun(config=config, params=params, summary=summary, embed=embed_images)
+    return LoadedRun(config=config, params=params, batch_stats=batch_stats, summary=summary, embed=embed_images)
