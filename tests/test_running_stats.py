@@ -134,3 +134,23 @@ def test_the_training_step_updates_the_running_averages_at_the_mean_parameters()
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # the same computation, jitted vs not
     before = init_params(jax.random.key(0), channels, SIZE)  # `params` was donated to the step
     assert float(jnp.abs(new_params["Conv_1"]["kernel"] - before["Conv_1"]["kernel"]).max()) > 0
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_the_streamed_loss_with_running_statistics_equals_the_one_batch_loss(chunk):
+    """streaming.py evaluates with fixed averages too (no statistics passes): same loss and accuracy."""
+    from esmeta.streaming import episode_images_at, streamed_loss_and_accuracy
+
+    ep = _episode()
+    params = init_params(jax.random.key(2), 4, SIZE)
+    running = _some_running_stats(params)
+    loss, accuracy, _ = episode_metrics(
+        params, ep, way=WAY, channels=4, distance="cosine", scale=3.0, norm_stats="running", running=running
+    )
+    s_loss, s_accuracy = streamed_loss_and_accuracy(
+        params, episode_images_at(ep), n_support=WAY * SHOT, n_query=WAY * QUERY, way=WAY, chunk=chunk,
+        distance="cosine", scale=3.0, norm_stats="running", running=running,
+    )
+    # The same per-row operations in chunks; losses O(1): 1e-5 as in tests/test_streaming.py.
+    assert abs(float(s_loss) - float(loss)) < 1e-5 * max(1.0, abs(float(loss)))
+    assert float(s_accuracy) == float(accuracy)
