@@ -1,8 +1,8 @@
 """What a run needs to continue exactly where it stopped, in one msgpack file written atomically.
 
-A checkpoint holds the mean parameters, the optimizer state, the batch-norm running averages, the number of episodes done, the
-per-epoch records so far, the per-step metrics of the unfinished epoch and the time spent. PRNG
-state needs no storing: the key of episode `step` is fold_in(train_key, step) from the seed, so a
+A checkpoint holds the mean parameters, the optimizer state, the batch-norm running averages, the
+number of episodes done, the per-epoch records so far, the per-step metrics of the unfinished epoch
+and the time spent. PRNG state needs no storing: the key of episode `step` is fold_in(train_key, step) from the seed, so a
 resumed run draws the same episodes and perturbations as an uninterrupted one (bitwise on CPU).
 """
 
@@ -36,7 +36,8 @@ class Progress:
 
 
 def save(path: Path, arrays: Any, progress: Progress, config: dict[str, Any]) -> None:
-    """Write (params, opt_state, running averages) and the progress atomically: a killed run leaves the previous checkpoint."""
+    """Write (params, opt_state, running averages) and the progress atomically: a killed run leaves the
+    previous checkpoint."""
     blob = {
         "format": FORMAT,
         "arrays": serialization.to_state_dict(arrays),

@@ -7,8 +7,9 @@ support and rows [n_support, n_support + n_query) the query, both class-major as
 `protonet`) normalizes with the statistics of all statistic rows (support + query under norm_stats
 "episode" and, in training, "running"; the support alone under "support"), so a block's statistics
 must be complete before any row can pass through it. Given fixed `running` averages (evaluation under
-norm_stats="running") passes 0-3 are skipped: every row goes straight through. Every pass below is a `lax.scan` over chunks of `chunk` rows (the last one padded and
-masked), holding one chunk's activations at a time:
+norm_stats="running") passes 0-3 are skipped: every row goes straight through. Every pass below is
+a `lax.scan` over chunks of `chunk` rows (the last one padded and masked), holding one chunk's
+activations at a time:
 
   pass 0      mean and covariance of the 3x3 input patches (parameter-free): block 0's mean and
               variance follow from them exactly as in `protonet.embed` (its folded first block);

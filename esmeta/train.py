@@ -30,7 +30,15 @@ from esmeta.data import load_omniglot, sample_episode, split_classes
 from esmeta.errors import ConfigError
 from esmeta.estimators import make_estimator
 from esmeta.hardware import configure_backend, make_mesh
-from esmeta.protonet import BatchStats, Params, episode_metrics, init_batch_stats, init_params, num_params, update_running
+from esmeta.protonet import (
+    BatchStats,
+    Params,
+    episode_metrics,
+    init_batch_stats,
+    init_params,
+    num_params,
+    update_running,
+)
 from esmeta.results import RunDir, read_summary
 from esmeta.tracking import default_group, open_tracker, run_name, run_tags
 

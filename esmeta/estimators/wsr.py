@@ -9,9 +9,9 @@ is dominated by noise, not sigma: with D parameters and a population of N (over 
 |g| ~ sigma * sqrt(1 + (D + 1) / N): sigma along grad F, plus (1/n) sum_i z_i eps_i over the other
 directions, of squared norm sigma^2 (D - 1) / n per shard since sum_i z_i^2 = n, averaged over the shards.
 Measured with this code on a fitness linear in D = 7248 parameters (mean of 3 keys): 10.7 / 5.4 / 2.85
-sigma at N = 64 / 256 / 1024, on 1 shard or 8 (formula: 10.7 / 5.4 / 2.84). Fitnesses are evaluated at full float32 precision
-unless `fitness_precision=default` (TF32/bf16 on GPUs/TPUs is close to the resolution of differences at
-sigma = 0.01).
+sigma at N = 64 / 256 / 1024, on 1 shard or 8 (formula: 10.7 / 5.4 / 2.84). Fitnesses are evaluated
+at full float32 precision unless `fitness_precision=default` (TF32/bf16 on GPUs/TPUs is close to the
+resolution of the fitness differences at sigma = 0.01).
 Shards (the paper's TPU cores) z-score their own population and the step averages their g_s (the
 all-reduce); `normalize="global"` z-scores the whole population instead. Candidate i's noise comes
 from fold_in(key, i), so any device count gives the same candidates; with `antithetic`, odd i mirrors i-1.
