@@ -9,6 +9,8 @@ Columns of `Results.runs` (one row per run):
   run_id, path, status, error, sweep, scale        identity and outcome ("completed", "collapsed", "failed")
   finished_at                                      when the run wrote its summary (UTC, ISO 8601; for results
                                                        written before esmeta recorded it: the `done` marker's time)
+  test_protocol                                    the batch-norm protocol behind test_accuracy (model.norm_stats:
+                                                       running, episode or support)
   estimator, hardware, tpu, seed                   requested configuration ...
   alpha, sigma, fd_sigma, channels, distance       ... sigma only for wsr, fd_sigma only for finite_diff
   pop_per_shard, shards, total_pop                 ... the *requested* population (what the paper's tables
@@ -151,6 +153,7 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
         "finished_at": summary.get("finished_at"),
         "sweep": summary.get("sweep"),
         "scale": summary.get("scale") or dig(config, "scale.name"),
+        "test_protocol": summary.get("test_norm_stats") or dig(config, "model.norm_stats"),
         "estimator": estimator,
         "hardware": hardware,
         "tpu": hardware[len("tpu-"):] if isinstance(hardware, str) and hardware.startswith("tpu-") else None,

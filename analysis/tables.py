@@ -194,6 +194,13 @@ def fmt(value: float) -> str:
     return f"{value:.{DECIMALS}f}"
 
 
+PROTOCOLS = {  # model.norm_stats: how the test episodes were normalized
+    "running": "running, the training running averages (the reference ProtoNet's eval mode)",
+    "episode": "episode, each test episode's own support+query statistics (transductive)",
+    "support": "support, each test episode's support statistics",
+}
+
+
 def aggregate(matched: pd.DataFrame, command: str) -> Cell:
     """Our cell from the runs that matched one paper row (see the module docstring)."""
     if matched.empty:
@@ -213,6 +220,9 @@ def aggregate(matched: pd.DataFrame, command: str) -> Cell:
     scales = sorted({s for s in matched["scale"] if isinstance(s, str)})
     if len(scales) > 1:
         notes.append(f"runs of several scales averaged: {', '.join(scales)}")
+    protocols = sorted({s for s in matched["test_protocol"] if isinstance(s, str)})
+    if len(protocols) > 1:
+        notes.append(f"runs of several batch-norm test protocols averaged: {', '.join(protocols)}")
     if superseded:
         notes.append(f"{superseded} earlier run{'s' if superseded > 1 else ''} of a seed that ran again left out "
                      "(the latest run of each seed counts)")
@@ -280,6 +290,12 @@ def build_table(spec: TableSpec, entry: Entry, paper: pd.DataFrame, runs: pd.Dat
             notes.extend(f"{_row_label(spec, row)}: {note}." for note in cell.notes)
     if any((m["scale"] == "smoke").any() for m in matched if not m.empty):
         notes.append("Some runs are smoke-scale (scale=smoke: a few episodes): not comparable to the paper's numbers.")
+    used = pd.concat([m for m in matched if not m.empty]) if any(not m.empty for m in matched) else None
+    if used is not None:
+        counts = used["test_protocol"].fillna("unknown").value_counts()
+        notes.append("Test batch norm (model.norm_stats): " + "; ".join(
+            f"{PROTOCOLS.get(name, name)} ({n} run{'s' if n > 1 else ''})" for name, n in sorted(counts.items())
+        ) + ".")
 
     if spec.pivot is None:
         layout = _flat_layout(spec, paper, cells)

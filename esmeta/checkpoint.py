@@ -1,8 +1,8 @@
 """What a run needs to continue exactly where it stopped, in one msgpack file written atomically.
 
-A checkpoint holds the mean parameters, the optimizer state, the number of episodes done, the
-per-epoch records so far, the per-step metrics of the unfinished epoch and the time spent. PRNG
-state needs no storing: the key of episode `step` is fold_in(train_key, step) from the seed, so a
+A checkpoint holds the mean parameters, the optimizer state, the batch-norm running averages, the
+number of episodes done, the per-epoch records so far, the per-step metrics of the unfinished epoch
+and the time spent. PRNG state needs no storing: the key of episode `step` is fold_in(train_key, step) from the seed, so a
 resumed run draws the same episodes and perturbations as an uninterrupted one (bitwise on CPU).
 
 The file is `{"format", "sha256", "payload"}`: the payload's SHA-256 is checked before anything in it
@@ -25,7 +25,7 @@ from esmeta.errors import ConfigError
 from esmeta.results import CHECKPOINT, atomic_write_bytes
 
 __all__ = ["CHECKPOINT", "Progress", "Saved", "load", "read", "refuse", "restore", "save", "sha256"]
-FORMAT = 2
+FORMAT = 3  # 2: a checksummed payload; 3: its arrays are (params, opt_state, batch-norm running averages)
 
 
 @dataclass
@@ -57,7 +57,8 @@ def sha256(data: bytes) -> str:
 
 
 def save(path: Path, arrays: Any, progress: Progress, config: dict[str, Any]) -> None:
-    """Write (params, opt_state) and the progress atomically: a killed run leaves the previous checkpoint."""
+    """Write (params, opt_state, running averages) and the progress atomically: a killed run leaves the
+    previous checkpoint."""
     payload = serialization.msgpack_serialize({
         "arrays": serialization.to_state_dict(arrays),
         "progress": json.dumps(asdict(progress)),

@@ -20,13 +20,15 @@ MAX_IMAGE_SIZE = 105  # the source images are 105x105; we never upsample
 ESTIMATORS = ("backprop", "wsr", "finite_diff", "forward_mode")
 POPULATION_ESTIMATORS = ("wsr", "finite_diff")  # with a population of candidates; the others are exact
 DISTANCES = ("euclidean", "cosine")
-SPLITS = ("paper", "vinyals")
+SPLITS = ("paper", "vinyals", "lake")
 RESIZE_FILTERS = ("antialias", "nearest")
-NORM_STATS = ("episode", "support")
+NORM_STATS = ("running", "episode", "support")
 OPTIMIZERS = ("sgd", "adam")
 FITNESS_SHAPINGS = ("zscore", "centered_rank")
 NORMALIZATIONS = ("per_shard", "global")
 EVAL_MODES = ("auto", "map", "vmap")
+FD_REDUCES = ("sum", "mean")
+FITNESS_PRECISIONS = ("highest", "default")
 PLATFORMS = ("any", "cpu", "gpu", "tpu")
 PROGRESS = ("auto", "on", "off")
 BUDGET_CLOCKS = ("wall", "cpu")
@@ -50,10 +52,12 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Snell et al.'s 4-block conv embedding; `norm_stats` picks the batch-norm statistics."""
+    """Snell et al.'s 4-block conv embedding; `norm_stats` picks the batch-norm protocol (see `protonet`)."""
 
     channels: int = 64
-    norm_stats: str = "episode"  # episode: support+query of the episode; support: support only
+    # running: train on episode statistics, evaluate with their running averages (the reference ProtoNet);
+    # episode: support+query statistics of each episode, at test time too (transductive); support: support only
+    norm_stats: str = "running"
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,12 @@ class EstimatorConfig:
     normalize: str = "per_shard"
     fd_sigma: float = 1e-3
     central: bool = False
+    # finite_diff readings the paper leaves open (see esmeta/estimators/finite_diff.py):
+    fd_reduce: str = "sum"  # shards' disjoint coordinate estimates: summed (the full FD gradient) or averaged (II.F)
+    fd_rescale_subset: bool = False  # probing N < D coordinates: scale the estimate by D/N (unbiased) or not
+    # wsr and finite_diff fitnesses: full float32 matmuls/convs ("highest") or the backend's default (TF32/bf16
+    # on GPUs/TPUs: faster, but near the resolution of the fitness differences; the same on CPU)
+    fitness_precision: str = "highest"
     eval_mode: str = "auto"
     chunk_size: int = 0  # candidates evaluated together (forward_mode: tangents pushed together); 0 = automatic
 
@@ -329,6 +339,8 @@ def validate(config: Config) -> None:
     _choice("estimator.fitness_shaping", e.fitness_shaping, FITNESS_SHAPINGS)
     _choice("estimator.normalize", e.normalize, NORMALIZATIONS)
     _choice("estimator.eval_mode", e.eval_mode, EVAL_MODES)
+    _choice("estimator.fd_reduce", e.fd_reduce, FD_REDUCES)
+    _choice("estimator.fitness_precision", e.fitness_precision, FITNESS_PRECISIONS)
     _positive("estimator.rank", e.rank, allow_zero=True)
     _positive("estimator.chunk_size", e.chunk_size, allow_zero=True)
     if e.is_es:

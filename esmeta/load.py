@@ -14,18 +14,18 @@ from esmeta.checkpoint import sha256
 from esmeta.config import Config, from_mapping
 from esmeta.data.episodes import to_float
 from esmeta.errors import DataError, EsmetaError
-from esmeta.protonet import Params, embed, init_params
-from esmeta.results import PARAMS, SUMMARY
+from esmeta.protonet import BatchStats, Params, embed, init_batch_stats, init_params
+from esmeta.results import BATCH_STATS, PARAMS, SUMMARY
 from esmeta.train import read_finished_summary
 
 
 def _read_params(path: Path, template: Params, expected_sha256: str | None) -> Params:
-    """The parameters in `path`, checked against the checksum the summary recorded (runs written before
+    """The arrays (parameters or running averages) in `path`, checked against the checksum the summary recorded (runs written before
     esmeta recorded one: against the shapes only); a damaged file is a one-line DataError naming it."""
     try:
         data = path.read_bytes()
         if expected_sha256 is not None and sha256(data) != expected_sha256:
-            raise ValueError("checksum mismatch with summary.json's params_sha256")
+            raise ValueError("checksum mismatch with the checksum summary.json recorded")
         params = serialization.from_bytes(template, data)
         for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(template), strict=True):
             if got.shape != want.shape:
@@ -38,10 +38,11 @@ def _read_params(path: Path, template: Params, expected_sha256: str | None) -> P
 
 @dataclass(frozen=True)
 class LoadedRun:
-    """A finished run: its validated config, trained parameters and embedding function."""
+    """A finished run: its validated config, trained parameters, batch-norm running averages and embedding function."""
 
     config: Config
     params: Params
+    batch_stats: BatchStats
     summary: dict
     embed: Callable[[jax.Array], jax.Array]
 
@@ -50,8 +51,10 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """Load `run_dir` (a run's output directory, with its `done` marker).
 
     `embed(images)` takes images as the training preprocessing produces them: uint8 (n, S, S) with
-    255 = ink (a slice of `load_omniglot(...).images`), or float32 (n, S, S, 1) in [0, 1]. Batch norm
-    uses the statistics of the images passed in, as in training: embed a whole episode at once.
+    255 = ink (a slice of `load_omniglot(...).images`), or float32 (n, S, S, 1) in [0, 1]. Batch norm as
+    the run was tested: under model.norm_stats=running (the default) with the run's running averages, so
+    each image's embedding is its own (embed one image or many alike); under `episode` or `support` with
+    the statistics of all the images passed in: embed a whole episode (support and query) at once.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "done").exists() or not (run_dir / PARAMS).exists():
@@ -63,11 +66,15 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise DataError(f"{run_dir / SUMMARY} holds no valid config ({type(e).__name__}: {e}); it is damaged") from None
     template = init_params(jax.random.key(0), config.model.channels, config.data.image_size)
     params = _read_params(run_dir / PARAMS, template, summary.get("params_sha256"))
+    if not (run_dir / BATCH_STATS).exists():
+        raise DataError(f"{run_dir} holds no {BATCH_STATS} (a run from before running averages were kept); retrain it")
+    batch_stats = _read_params(run_dir / BATCH_STATS, init_batch_stats(template), summary.get("batch_stats_sha256"))
     channels = config.model.channels
+    running = batch_stats if config.model.norm_stats == "running" else None
 
     @jax.jit
     def _embed(x: jax.Array) -> jax.Array:
-        return embed(params, x, channels)
+        return embed(params, x, channels, running=running)
 
     def embed_images(images) -> jax.Array:
         images = jnp.asarray(images)
@@ -75,4 +82,4 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             images = to_float(images)
         return _embed(images)
 
-    return LoadedRun(config=config, params=params, summary=summary, embed=embed_images)
+    return LoadedRun(config=config, params=params, batch_stats=batch_stats, summary=summary, embed=embed_images)

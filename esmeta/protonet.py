@@ -1,10 +1,26 @@
 """Prototypical Network (Snell et al. 2017) as used by Sheng & He 2021: embedding, distances, loss.
 
 Embedding: 4 blocks of (3x3 conv, batch norm, ReLU, 2x2 max-pool), flattened.
-Batch norm never keeps running statistics: it normalizes with the statistics of the episode it is
-applied to, at training and test time alike (the ES estimators have no backward pass that could
-update running averages, and every estimator must be evaluated the same way). `norm_stats="support"`
-takes the statistics from the support images only, so that queries do not inform each other.
+
+Batch norm, three protocols (`model.norm_stats`):
+- `running` (default, the reference ProtoNet's): training normalizes with the statistics of the whole
+  episode (support and query, one batch, as the reference embeds them); an exponential moving average of
+  each block's mean and variance is kept from the forward pass at the mean parameters on every training
+  episode (`update_running`, PyTorch's BatchNorm2d semantics: momentum 0.1, the unbiased batch variance,
+  starting from mean 0 and variance 1); validation and test normalize with those averages (PyTorch's eval
+  mode), so every image is embedded on its own and no query informs another.
+- `episode`: every episode, training and test alike, normalized with its own support+query statistics.
+  Transductive at test time: one query changes the other queries' logits.
+- `support`: every episode normalized with its support images' statistics only (queries independent).
+Running averages need no backward pass (only forward passes at the mean parameters, which every estimator
+takes), so all estimators share the protocol. The averages are kept in every mode (they cost nothing),
+and only `running` evaluates with them.
+
+Conv biases sit directly before batch norm, which subtracts the batch mean: with batch statistics their
+gradient is exactly 0 (backprop leaves them at their initial value, ES random-walks them: with wsr each
+step adds noise of size ~sigma to them, which batch norm removes). The reference keeps the biases, so do we.
+With running statistics at test time a bias does shift the output, by its drift since the averages were
+taken; the averages track it (they are computed with the biases included), so the drift per step is small.
 """
 
 from __future__ import annotations
@@ -19,20 +35,27 @@ import jax.numpy as jnp
 from esmeta.data.episodes import Episode, episode_labels
 
 Params = Any  # a pytree of float32 arrays
+BatchStats = Any  # {"EpisodeBatchNorm_<b>": {"mean": (c,), "var": (c,)}}: running averages of each block
 BN_EPS = 1e-5
+MOMENTUM = 0.1  # PyTorch's default, as the reference ProtoNet
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 class EpisodeBatchNorm(nn.Module):
-    """Batch norm over (batch, height, width) of the first `stats_rows` rows, with a learned affine."""
+    """Batch norm over (batch, height, width) of the first `stats_rows` rows, with a learned affine;
+    `use_running`: with the `batch_stats` collection's mean and variance instead (eval mode)."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, stats_rows: int | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, stats_rows: int | None = None, use_running: bool = False) -> jax.Array:
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-        ref = x if stats_rows is None else x[:stats_rows]
-        mean = ref.mean(axis=(0, 1, 2))
-        var = ref.var(axis=(0, 1, 2))
+        if use_running:
+            mean = self.variable("batch_stats", "mean", jnp.zeros, (x.shape[-1],)).value
+            var = self.variable("batch_stats", "var", jnp.ones, (x.shape[-1],)).value
+        else:
+            ref = x if stats_rows is None else x[:stats_rows]
+            mean = ref.mean(axis=(0, 1, 2))
+            var = ref.var(axis=(0, 1, 2))
         return (x - mean) * jax.lax.rsqrt(var + BN_EPS) * scale + bias
 
 
@@ -46,11 +69,11 @@ class ConvEmbedding(nn.Module):
     blocks: int = 4
 
     @nn.compact
-    def __call__(self, images: jax.Array, stats_rows: int | None = None) -> jax.Array:
+    def __call__(self, images: jax.Array, stats_rows: int | None = None, use_running: bool = False) -> jax.Array:
         x = images
         for _ in range(self.blocks):
             x = nn.Conv(self.channels, (3, 3), padding="SAME")(x)
-            x = EpisodeBatchNorm()(x, stats_rows)
+            x = EpisodeBatchNorm()(x, stats_rows, use_running)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         return x.reshape(x.shape[0], -1)
@@ -66,42 +89,99 @@ def num_params(params: Params) -> int:
     return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
-def embed(params: Params, images: jax.Array, channels: int, stats_rows: int | None = None) -> jax.Array:
+def num_blocks(params: Params) -> int:
+    return len([k for k in params if k.startswith("Conv_")])
+
+
+def init_batch_stats(params: Params) -> BatchStats:
+    """Running averages before any training: mean 0, variance 1 (PyTorch's and flax's initial values)."""
+    return {
+        f"EpisodeBatchNorm_{b}": {"mean": jnp.zeros_like(p["scale"]), "var": jnp.ones_like(p["scale"])}
+        for b in range(num_blocks(params))
+        for p in (params[f"EpisodeBatchNorm_{b}"],)
+    }
+
+
+def update_running(running: BatchStats, moments: BatchStats, momentum: float = MOMENTUM) -> BatchStats:
+    """PyTorch's BatchNorm2d update: r <- (1 - momentum) r + momentum * batch statistic, where the variance
+    averaged is the UNBIASED one, var * n / (n - 1) over the n = rows x height x width values of a channel
+    (the batch normalizes with the biased one). `moments` as `embed_with_moments` returns them."""
+
+    def one(r, m):
+        unbiased = m["var"] * (m["count"] / (m["count"] - 1.0))
+        return {
+            "mean": (1.0 - momentum) * r["mean"] + momentum * m["mean"],
+            "var": (1.0 - momentum) * r["var"] + momentum * unbiased,
+        }
+
+    return {name: one(running[name], moments[name]) for name in running}
+
+
+def embed(
+    params: Params, images: jax.Array, channels: int, stats_rows: int | None = None, running: BatchStats | None = None
+) -> jax.Array:
     """Embeddings (n, d) of images (n, S, S, 1) in [0, 1], ink = 1: `ConvEmbedding`'s function, computed faster.
+
+    Batch norm uses the batch statistics of the first `stats_rows` rows (all when None), or, given
+    `running`, those fixed averages (each image then embedded independently of the others).
+    """
+    del channels  # implied by the parameters; kept so callers need not know the layout
+    return embed_with_moments(params, images, stats_rows, running)[0]
+
+
+def embed_with_moments(
+    params: Params, images: jax.Array, stats_rows: int | None = None, running: BatchStats | None = None
+) -> tuple[jax.Array, BatchStats]:
+    """(embeddings, the statistics each batch norm used: {"mean", "var" (biased), "count"} per block).
 
     Equal to `ConvEmbedding(channels).apply` up to float rounding (a test holds them together), but
     the first block, whose 32x32 output dominates the memory traffic, never materializes its
     pre-normalization activations: the conv is linear in the 3x3 input patches p, so batch norm's
     statistics follow from the patches' mean m and covariance S (shared by every candidate of a
     population):  mean = m.w + b,  var = w'S w,  and the normalization folds into the conv's weights.
-    Every block pools before the ReLU (max-pool and ReLU commute).
+    With fixed (running) statistics the fold is simpler still: batch norm is a per-channel affine map,
+    and the first block is one affine conv. Every block pools before the ReLU (max-pool and ReLU commute).
     """
-    del channels  # implied by the parameters; kept so callers need not know the layout
     n, size = images.shape[0], images.shape[1]
+    moments = {}
     patches = jax.lax.conv_general_dilated_patches(images, (3, 3), (1, 1), "SAME", dimension_numbers=_NHWC)
     patches = patches.reshape(n * size * size, -1)  # (pixels, 9): the 3x3 neighbourhood of every pixel
-    ref = patches if stats_rows is None else patches[: stats_rows * size * size]
-    m = ref.mean(axis=0)
-    # E[pp'] - mm', not the centered (p - m)'(p - m): the gradient amplifies any error in cov about 50-fold (the
-    # variance path nearly cancels the direct one), and XLA fuses the centering into a loop whose float32 sum over
-    # all pixels is 60x less accurate than the plain Gram matmul, on some CPUs (AVX2-only) enough to put 1e-2 into
-    # the first conv's gradient. With ink-like inputs in [0, 1], E[pp'] and mm' are of one size: no cancellation.
-    cov = ref.T @ ref / ref.shape[0] - jnp.outer(m, m)
     conv, norm = params["Conv_0"], params["EpisodeBatchNorm_0"]
     w = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])  # (9, channels), rows in the patches' order
-    mean = m @ w + conv["bias"]
-    var = jnp.sum((cov @ w) * w, axis=0)
+    if running is None:
+        ref = patches if stats_rows is None else patches[: stats_rows * size * size]
+        m = ref.mean(axis=0)
+        # E[pp'] - mm', not the centered (p - m)'(p - m): the gradient amplifies any error in cov about 50-fold
+        # (the variance path nearly cancels the direct one), and XLA fuses the centering into a loop whose float32
+        # sum over all pixels is 60x less accurate than the plain Gram matmul, on some CPUs (AVX2-only) enough to
+        # put 1e-2 into the first conv's gradient. With ink-like inputs in [0, 1], E[pp'] and mm' are of one size.
+        cov = ref.T @ ref / ref.shape[0] - jnp.outer(m, m)
+        mean = m @ w + conv["bias"]
+        var = jnp.sum((cov @ w) * w, axis=0)
+        count = ref.shape[0]
+    else:
+        mean, var = running["EpisodeBatchNorm_0"]["mean"], running["EpisodeBatchNorm_0"]["var"]
+        count = patches.shape[0]
+    moments["EpisodeBatchNorm_0"] = {"mean": mean, "var": var, "count": jnp.float32(count)}
     inv = norm["scale"] * jax.lax.rsqrt(var + BN_EPS)
     y = (patches @ (w * inv)).reshape(n, size, size, -1)
     x = nn.relu(_pool(y) + (conv["bias"] - mean) * inv + norm["bias"])
-    for block in range(1, len([k for k in params if k.startswith("Conv_")])):
-        conv, norm = params[f"Conv_{block}"], params[f"EpisodeBatchNorm_{block}"]
+    for block in range(1, num_blocks(params)):
+        name = f"EpisodeBatchNorm_{block}"
+        conv, norm = params[f"Conv_{block}"], params[name]
         y = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=_NHWC) + conv["bias"]
-        ref = y if stats_rows is None else y[:stats_rows]
-        mean = ref.mean(axis=(0, 1, 2))
-        inv = norm["scale"] * jax.lax.rsqrt(jnp.square(ref - mean).mean(axis=(0, 1, 2)) + BN_EPS)
+        if running is None:
+            ref = y if stats_rows is None else y[:stats_rows]
+            mean = ref.mean(axis=(0, 1, 2))
+            var = jnp.square(ref - mean).mean(axis=(0, 1, 2))
+            count = ref.shape[0] * ref.shape[1] * ref.shape[2]
+        else:
+            mean, var = running[name]["mean"], running[name]["var"]
+            count = y.shape[0] * y.shape[1] * y.shape[2]
+        moments[name] = {"mean": mean, "var": var, "count": jnp.float32(count)}
+        inv = norm["scale"] * jax.lax.rsqrt(var + BN_EPS)
         x = nn.relu(_pool(y * inv + (norm["bias"] - mean * inv)))
-    return x.reshape(n, -1)
+    return x.reshape(n, -1), moments
 
 
 def _pool(x: jax.Array) -> jax.Array:
@@ -133,34 +213,61 @@ def prototypes(support_embeddings: jax.Array, way: int) -> jax.Array:
     return support_embeddings.reshape(way, -1, support_embeddings.shape[-1]).mean(axis=1)
 
 
-def episode_logits(
-    params: Params, episode: Episode, *, way: int, channels: int, distance: str, scale: float, norm_stats: str
-) -> jax.Array:
-    """Query logits (way*query, way): support and query embedded as one batch."""
+def _logits_and_moments(
+    params: Params, episode: Episode, way: int, distance: str, scale: float, norm_stats: str,
+    running: BatchStats | None,
+) -> tuple[jax.Array, BatchStats]:
     n_support = episode.support.shape[0]
     images = jnp.concatenate([episode.support, episode.query], axis=0)
     stats_rows = n_support if norm_stats == "support" else None
-    z = embed(params, images, channels, stats_rows)
+    z, moments = embed_with_moments(params, images, stats_rows, running)
     protos = prototypes(z[:n_support], way)
-    return similarity(z[n_support:], protos, distance, scale)
+    return similarity(z[n_support:], protos, distance, scale), moments
 
 
-def loss_and_accuracy(
-    params: Params, episode: Episode, *, way: int, channels: int, distance: str, scale: float, norm_stats: str
-) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy of softmax over similarities (eqs. 2-3) and accuracy on the queries."""
-    logits = episode_logits(
-        params, episode, way=way, channels=channels, distance=distance, scale=scale, norm_stats=norm_stats
-    )
+def episode_logits(
+    params: Params, episode: Episode, *, way: int, channels: int, distance: str, scale: float, norm_stats: str,
+    running: BatchStats | None = None,
+) -> jax.Array:
+    """Query logits (way*query, way): support and query embedded as one batch.
+
+    Batch norm: with `running`, those averages (evaluation under norm_stats=running); otherwise the batch
+    statistics of the support (norm_stats=support) or of support and query (episode, and training under running).
+    """
+    del channels
+    return _logits_and_moments(params, episode, way, distance, scale, norm_stats, running)[0]
+
+
+def episode_metrics(
+    params: Params, episode: Episode, *, way: int, channels: int, distance: str, scale: float, norm_stats: str,
+    running: BatchStats | None = None,
+) -> tuple[jax.Array, jax.Array, BatchStats]:
+    """(mean cross-entropy of softmax over similarities (eqs. 2-3), accuracy on the queries, the batch-norm
+    statistics used): the one loss of training and evaluation; the statistics feed `update_running`."""
+    del channels
+    logits, moments = _logits_and_moments(params, episode, way, distance, scale, norm_stats, running)
     labels = episode_labels(way, logits.shape[0] // way)
     log_p = jax.nn.log_softmax(logits, axis=-1)
     loss = -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=1))
     accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    return loss, accuracy, moments
+
+
+def loss_and_accuracy(
+    params: Params, episode: Episode, *, way: int, channels: int, distance: str, scale: float, norm_stats: str,
+    running: BatchStats | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """(loss, accuracy) of `episode_metrics`."""
+    loss, accuracy, _ = episode_metrics(
+        params, episode, way=way, channels=channels, distance=distance, scale=scale, norm_stats=norm_stats,
+        running=running,
+    )
     return loss, accuracy
 
 
 def make_loss_fn(*, way: int, channels: int, distance: str, scale: float, norm_stats: str):
-    """`loss(params, episode) -> scalar` for one episode shape: the function every estimator differentiates."""
+    """`loss(params, episode) -> scalar` for one episode shape: the function every estimator differentiates
+    (batch statistics, as training normalizes under every protocol)."""
     metric = partial(
         loss_and_accuracy, way=way, channels=channels, distance=distance, scale=scale, norm_stats=norm_stats
     )

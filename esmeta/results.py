@@ -4,6 +4,7 @@ Layout (one directory per Hydra job):
   metrics.jsonl    one JSON object per logged point (episode, train/..., val/..., wall_time_s)
   summary.json     status, test accuracy (mean, std, 95% CI), config, versions; written atomically
   params.msgpack   the trained embedding parameters (flax.serialization)
+  batch_stats.msgpack  the batch-norm running averages, {"EpisodeBatchNorm_<b>": {"mean", "var"}} (idem)
   checkpoint.msgpack  while the run is unfinished: what a resumed run continues from (esmeta.checkpoint)
   done             written last: a directory without it is incomplete, whatever else it holds
 """
@@ -28,6 +29,7 @@ from esmeta.errors import ConfigError, DataError
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 PARAMS = "params.msgpack"
+BATCH_STATS = "batch_stats.msgpack"
 DONE = "done"
 CHECKPOINT = "checkpoint.msgpack"  # see esmeta.checkpoint; removed when the run is done
 LOCK = ".esmeta.lock"  # held (an OS lock) by the one process writing the directory; says which
@@ -205,9 +207,11 @@ class RunDir:
             text = "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in records)
             atomic_write_bytes(self.path / METRICS, text.encode())
 
-    def write_params(self, data: bytes) -> None:
+    def write_params(self, params: bytes, batch_stats: bytes) -> None:
+        """The trained state: parameters and batch-norm running averages (serialized), side by side."""
         if self.enabled:
-            atomic_write_bytes(self.path / PARAMS, data)
+            atomic_write_bytes(self.path / PARAMS, params)
+            atomic_write_bytes(self.path / BATCH_STATS, batch_stats)
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write the summary, stamped with `finished_at` (UTC, ISO 8601), then the `done` marker; return it."""

@@ -4,10 +4,12 @@
 pass's residuals) grow with the task. Here images are addressed by index, rows [0, n_support) the
 support and rows [n_support, n_support + n_query) the query, both class-major as in an `Episode`, and
 `images_at(idx)` returns the float32 images (len(idx), S, S, 1) of a chunk of rows. Batch norm (see
-`protonet`) normalizes with the statistics of all statistic rows (support + query, or the support
-alone with norm_stats="support"), so a block's statistics must be complete before any row can pass
-through it. Every pass below is a `lax.scan` over chunks of `chunk` rows (the last one padded and
-masked), holding one chunk's activations at a time:
+`protonet`) normalizes with the statistics of all statistic rows (support + query under norm_stats
+"episode" and, in training, "running"; the support alone under "support"), so a block's statistics
+must be complete before any row can pass through it. Given fixed `running` averages (evaluation under
+norm_stats="running") passes 0-3 are skipped: every row goes straight through. Every pass below is
+a `lax.scan` over chunks of `chunk` rows (the last one padded and masked), holding one chunk's
+activations at a time:
 
   pass 0      mean and covariance of the 3x3 input patches (parameter-free): block 0's mean and
               variance follow from them exactly as in `protonet.embed` (its folded first block);
@@ -35,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from esmeta.data.episodes import Episode
-from esmeta.protonet import _NHWC, BN_EPS, Params, _pool, similarity
+from esmeta.protonet import _NHWC, BN_EPS, BatchStats, Params, _pool, similarity
 
 ImagesAt = Callable[[jax.Array], jax.Array]  # row indices (c,) int32 -> float32 images (c, S, S, 1)
 
@@ -124,6 +126,14 @@ def scan_chunks(fold: Callable, init, n_rows: int, chunk: int, offset: int = 0):
     return jax.lax.scan(step, init, jnp.arange(-(-n_rows // chunk), dtype=jnp.int32))[0]
 
 
+def running_norms(params: Params, running: BatchStats) -> tuple[BlockNorm, ...]:
+    """Every block's batch-norm (mean, scale) from fixed running averages (`protonet.update_running`)."""
+    return tuple(
+        BlockNorm(r["mean"], params[name]["scale"] * jax.lax.rsqrt(r["var"] + BN_EPS))
+        for name, r in ((f"EpisodeBatchNorm_{b}", running[f"EpisodeBatchNorm_{b}"]) for b in range(len(running)))
+    )
+
+
 def batch_norms(params: Params, images_at: ImagesAt, n_stats: int, chunk: int) -> tuple[BlockNorm, ...]:
     """Every block's batch-norm (mean, scale) over rows [0, n_stats), one chunked pass per block."""
     def patch_fold(acc: Moments, rows, valid):
@@ -160,11 +170,15 @@ def streamed_loss_and_accuracy(
     distance: str,
     scale: float,
     norm_stats: str,
+    running: BatchStats | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """`protonet.loss_and_accuracy` of the episode whose rows `images_at` returns, `chunk` rows at a time."""
     shot, per_query = n_support // way, n_query // way
-    n_stats = n_support if norm_stats == "support" else n_support + n_query
-    norms = batch_norms(params, images_at, n_stats, chunk)
+    if running is None:
+        n_stats = n_support if norm_stats == "support" else n_support + n_query
+        norms = batch_norms(params, images_at, n_stats, chunk)
+    else:
+        norms = running_norms(params, running)
 
     def proto_fold(sums, rows, valid):  # class sums of the support embeddings
         z = forward_chunk(params, images_at(rows), norms)

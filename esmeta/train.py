@@ -31,12 +31,20 @@ from esmeta.data.omniglot import check_zips
 from esmeta.errors import ConfigError, DataError, EsmetaError
 from esmeta.estimators import make_estimator
 from esmeta.hardware import configure_backend, make_mesh
-from esmeta.protonet import Params, init_params, loss_and_accuracy, num_params
+from esmeta.protonet import (
+    BatchStats,
+    episode_metrics,
+    init_batch_stats,
+    init_params,
+    num_params,
+    update_running,
+)
 from esmeta.results import DONE, SUMMARY, DirLock, RunDir, read_summary
 from esmeta.tracking import default_group, open_tracker, run_name, run_tags
 
 log = logging.getLogger(__name__)
-MetricsFn = Callable[[Params, Any], tuple[jax.Array, jax.Array]]
+# (params, episode, running averages) -> (loss, accuracy, the batch-norm statistics used)
+MetricsFn = Callable[..., tuple[jax.Array, jax.Array, BatchStats]]
 
 
 def make_optimizer(alpha: float, est: EstimatorConfig) -> optax.GradientTransformation:
@@ -52,16 +60,20 @@ def make_optimizer(alpha: float, est: EstimatorConfig) -> optax.GradientTransfor
     return rule
 
 
-def metrics_fn(config: Config, way: int) -> MetricsFn:
-    """(loss, accuracy) of one episode of `way` classes: the single loss used by training and evaluation."""
-    return partial(
-        loss_and_accuracy,
+def metrics_fn(config: Config, way: int, evaluation: bool = False) -> MetricsFn:
+    """`metrics(params, episode, running=None) -> (loss, accuracy, batch-norm statistics)` of one episode of
+    `way` classes: the single loss of training and evaluation. Training normalizes with batch statistics
+    under every protocol; `evaluation` under model.norm_stats=running with the running averages given."""
+    metrics = partial(
+        episode_metrics,
         way=way,
         channels=config.model.channels,
         distance=config.distance.name,
         scale=config.distance.scale,
         norm_stats=config.model.norm_stats,
     )
+    use_running = evaluation and config.model.norm_stats == "running"
+    return lambda params, episode, running=None: metrics(params, episode, running=running if use_running else None)
 
 
 def episode_keys(key: jax.Array, n: int) -> jax.Array:
@@ -76,27 +88,29 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def make_train_step(estimate, optimizer: optax.GradientTransformation, sample, metrics: MetricsFn):
-    """One jitted meta-training step: sample an episode, estimate the ascent direction, update mu."""
+    """One jitted meta-training step: sample an episode, estimate the ascent direction, update mu, and update
+    the batch-norm running averages from the forward pass at mu (the one that gives train/loss)."""
 
-    def step(params, opt_state, key):
+    def step(params, opt_state, running, key):
         episode_key, estimate_key = jax.random.split(key)
         episode = sample(episode_key)
         g, est_metrics = estimate(estimate_key, params, episode)
-        loss, accuracy = metrics(params, episode)
+        loss, accuracy, moments = metrics(params, episode)
         updates, opt_state = optimizer.update(jax.tree.map(jnp.negative, g), opt_state, params)
         out = {"train/loss": loss, "train/accuracy": accuracy}
         out.update({f"es/{k}": v for k, v in est_metrics.items()})
-        return optax.apply_updates(params, updates), opt_state, out
+        return optax.apply_updates(params, updates), opt_state, update_running(running, moments), out
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
 def make_evaluator(images: jax.Array, keys: jax.Array, way: int, shot: int, query: int, metrics: MetricsFn):
-    """Accuracy on each of a fixed set of episodes (one per key), at full float32 precision."""
+    """`evaluate(params, running)`: accuracy on each of a fixed set of episodes (one per key), at full float32
+    precision (batch norm as `metrics` says: with the running averages under norm_stats=running)."""
 
-    def evaluate(params):
+    def evaluate(params, running):
         def one(key):
-            return metrics(params, sample_episode(key, images, way, shot, query))[1]
+            return metrics(params, sample_episode(key, images, way, shot, query), running)[1]
 
         with jax.default_matmul_precision("highest"):
             return jax.lax.map(one, keys)
@@ -356,10 +370,11 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     init_key, train_key = run_keys(config.seed)
     val_key, test_key = jax.random.split(jax.random.key(config.eval.seed))
     params = init_params(init_key, config.model.channels, config.data.image_size)
+    running = init_batch_stats(params)
     n_params = num_params(params)
 
     train_metrics = metrics_fn(config, t.train_way)
-    eval_metrics = metrics_fn(config, t.test_way)
+    eval_metrics = metrics_fn(config, t.test_way, evaluation=True)
     estimate = make_estimator(e, config.sigma, lambda p, ep: train_metrics(p, ep)[0], mesh, shards)
     optimizer = make_optimizer(config.alpha, e)
     opt_state = optimizer.init(params)
@@ -372,7 +387,7 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
 
     progress = checkpoint.Progress()
     if saved is not None:
-        params, opt_state = checkpoint.restore(saved, (params, opt_state))
+        params, opt_state, running = checkpoint.restore(saved, (params, opt_state, running))
         progress = saved.progress
     out.start(keep_checkpoint=resuming, record=job.record)  # the first write into the directory: all checked
     if resuming:
@@ -397,7 +412,9 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     with tracker:
         try:
             while progress.step < total:
-                params, opt_state, m = train_step(params, opt_state, jax.random.fold_in(train_key, progress.step))
+                params, opt_state, running, m = train_step(
+                    params, opt_state, running, jax.random.fold_in(train_key, progress.step)
+                )
                 pending.append(m)
                 progress.step += 1
                 epoch_steps += 1
@@ -413,7 +430,7 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
                     record["es/candidates_per_s"] = candidates / (time.perf_counter() - epoch_t0)
                     finite = all_finite(params)
                     if validate is not None and finite:
-                        val_acc = float(jnp.mean(validate(params)))
+                        val_acc = float(jnp.mean(validate(params, running)))
                         progress.val_acc = val_acc
                         progress.best_val = val_acc if progress.best_val is None else max(progress.best_val, val_acc)
                     record.update({"epoch": progress.step // epe, "episode": progress.step,
@@ -439,19 +456,20 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
                         progress, seconds=elapsed(), budget_seconds=progress.budget_seconds + budget_seconds()
                     )
                     if writer:
-                        checkpoint.save(ckpt_path, (params, opt_state), snapshot, config.to_dict())
+                        checkpoint.save(ckpt_path, (params, opt_state, running), snapshot, config.to_dict())
         finally:
             bar.close()
 
         test_keys = episode_keys(test_key, config.eval.test_episodes)
         test = make_evaluator(images["test"], test_keys, t.test_way, t.test_shot, t.test_query, eval_metrics)
-        accuracies = np.asarray(test(params))
-        params_bytes = serialization.to_bytes(params)
-        out.write_params(params_bytes)
+        accuracies = np.asarray(test(params, running))
+        params_bytes, stats_bytes = serialization.to_bytes(params), serialization.to_bytes(running)
+        out.write_params(params_bytes, stats_bytes)
         nan = float("nan")
         summary = {
             "status": status,
             **accuracy_stats(accuracies),
+            "test_norm_stats": config.model.norm_stats,  # the batch-norm protocol behind test_accuracy
             "best_val_accuracy": nan if progress.best_val is None else progress.best_val,
             "final_val_accuracy": nan if progress.val_acc is None else progress.val_acc,
             "episodes": progress.step,
@@ -476,6 +494,7 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
             "overrides": list(job.overrides),
             "job_name": job.job_name,
             "params_sha256": checkpoint.sha256(params_bytes),  # load_run verifies params.msgpack against it
+            "batch_stats_sha256": checkpoint.sha256(stats_bytes),  # and batch_stats.msgpack
         }
         summary = out.finish(summary)
         tracker.summary({k: v for k, v in summary.items() if k not in ("config", "versions", "devices", "overrides")})

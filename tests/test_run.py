@@ -84,13 +84,30 @@ def test_load_run_embeds_like_training(tiny_run, omniglot32):
     assert z.shape == (5 + 25, 2 * 2 * 8)
     logits = similarity(z[5:], prototypes(z[:5], 5), "euclidean")
     acc = float(jnp.mean(jnp.argmax(logits, 1) == jnp.repeat(jnp.arange(5), 5)))
+    assert run.config.model.norm_stats == "running"  # the default: embed and the test use the running averages
     _, expected = loss_and_accuracy(
-        run.params, ep, way=5, channels=8, distance="euclidean", scale=1.0, norm_stats="episode"
+        run.params, ep, way=5, channels=8, distance="euclidean", scale=1.0, norm_stats="running",
+        running=run.batch_stats,
     )
     assert acc == pytest.approx(float(expected))
     # uint8 images straight from the preprocessed array are accepted too.
     uint8 = omniglot32.images[split["test"][:3], 0]
     assert run.embed(uint8).shape == (3, 32)
+
+
+def test_load_run_embeds_one_image_as_inside_a_batch(tiny_run, omniglot32):
+    """Under running statistics an image's embedding is its own: alone or among 30 others, the same vector."""
+    run = esmeta.load_run(tiny_run)
+    assert run.summary["test_norm_stats"] == "running"
+    assert set(run.batch_stats) == {f"EpisodeBatchNorm_{b}" for b in range(4)}
+    # Trained averages, not the initial (0, 1): 60 EMA steps moved them.
+    assert float(jnp.abs(run.batch_stats["EpisodeBatchNorm_1"]["var"] - 1.0).max()) > 1e-3
+    batch = omniglot32.images[:30, 0]
+    together = run.embed(batch)
+    for i in (0, 17):
+        alone = run.embed(batch[i : i + 1])
+        # Row-wise operations of different batch shapes may reassociate sums: 1e-5 of the embedding's scale.
+        np.testing.assert_allclose(alone[0], together[i], rtol=0, atol=1e-5 * float(jnp.abs(together).max()))
 
 
 def test_two_job_multirun(tmp_path, omniglot32):

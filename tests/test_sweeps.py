@@ -67,6 +67,20 @@ def test_table3_points_reproduce_the_papers_populations():
     assert got == want
 
 
+def test_table4_points_that_are_table7_rows_have_table7s_populations():
+    """Table IV's cosine 20-way rows are Table VII rows (same TPU, way and learning rate): their total
+    population is Table VII's (v3-8: 512 = 8 x 64; v3-256: 16,384 = 256 x 64), not 128 per core."""
+    table7 = {(f"tpu-{r['tpu']}", r["distance"], int(r["train_way"]), float(r["learning_rate"])): int(r["total_pop"])
+              for r in paper_rows("table7_finite_diff_lr.csv")}
+    matched = 0
+    for c in check_overrides(["sweep=table4"]):
+        key = (c.hardware.name, c.distance.name, c.task.train_way, c.alpha)
+        if key in table7:
+            matched += 1
+            assert c.estimator.pop_per_shard * c.hardware.shards == table7[key], key
+    assert matched == 3  # v3-8 cosine 10-way 5e-3 (1024), v3-8 cosine 20-way 1e-2 (512), v3-256 cosine 20-way 5e-4
+
+
 def test_smoke_scale_caps_population_and_shards_but_keeps_the_requested_config():
     (config,) = check_overrides(["point=table5-v3-256-a10-w5", "scale=smoke"])
     assert (config.estimator.pop_per_shard, config.hardware.shards) == (256, 256)  # as the paper ran it

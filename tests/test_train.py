@@ -103,3 +103,11 @@ def test_a_short_wsr_run_on_omniglot_lowers_the_training_loss(tmp_path, omniglot
     before = init_params(run_keys(config.seed)[0], 8, 32)
     after = esmeta.load_run(tmp_path / "run").params
     assert float(mean_loss(after)) < 0.95 * float(mean_loss(before))
+
+
+def test_the_lake_split_runs_end_to_end(tmp_path, omniglot32):
+    """data.split=lake: train on background characters, test on evaluation characters, through `train`."""
+    (config,) = check_overrides([*TINY, "data.split=lake", "train.epochs=1"])
+    summary = train(config, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["config"]["data"]["split"] == "lake"
+    assert 0.2 <= summary["test_accuracy"] <= 1.0 and summary["test_episodes"] == 5

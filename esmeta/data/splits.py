@@ -1,6 +1,6 @@
 """Class splits of the 6492 rotated Omniglot classes into train / val / test index arrays.
 
-Two splits:
+Three splits:
 
 - "paper" (Sheng & He 2021, Sec. III.B): a seeded random permutation of all 6492 rotated classes
   cut into 4804 / 1012 / 676. It splits by *rotated class*, so the four rotations of one character
@@ -8,6 +8,10 @@ Two splits:
   are rotations of characters seen in training, which makes it easier than "vinyals".
 - "vinyals" (Vinyals et al. 2016, the lists shipped with Prototypical Networks): 4112 / 688 / 1692,
   split by *character*, so all rotations of a character are in the same split. It ignores the seed.
+- "lake" (Lake et al. 2015's background/evaluation protocol): train and validation classes from
+  images_background only (964 characters x 4 rotations; validation a seeded cut of LAKE_VAL_CHARACTERS
+  characters with all their rotations), test classes from images_evaluation only (659 x 4 = 2636):
+  3168 / 688 / 2636. Test alphabets are never seen in training, in any rotation.
 """
 
 from __future__ import annotations
@@ -21,7 +25,18 @@ from esmeta.errors import ConfigError, DataError
 
 PAPER_SPLIT_SIZES = (4804, 1012, 676)  # train / val / test, Sheng & He 2021 Sec. III.B
 VINYALS_SPLIT_SIZES = (4112, 688, 1692)
-SPLITS = ("paper", "vinyals")
+LAKE_VAL_CHARACTERS = 172  # as many validation characters as Vinyals' split has (688 classes)
+LAKE_SPLIT_SIZES = (4 * (964 - LAKE_VAL_CHARACTERS), 4 * LAKE_VAL_CHARACTERS, 4 * 659)
+# The 30 alphabets of images_background.zip (Lake et al. 2015); the other 20 are images_evaluation.zip's.
+BACKGROUND_ALPHABETS = frozenset({
+    "Alphabet_of_the_Magi", "Anglo-Saxon_Futhorc", "Arcadian", "Armenian", "Asomtavruli_(Georgian)", "Balinese",
+    "Bengali", "Blackfoot_(Canadian_Aboriginal_Syllabics)", "Braille", "Burmese_(Myanmar)", "Cyrillic",
+    "Early_Aramaic", "Futurama", "Grantha", "Greek", "Gujarati", "Hebrew",
+    "Inuktitut_(Canadian_Aboriginal_Syllabics)", "Japanese_(hiragana)", "Japanese_(katakana)", "Korean", "Latin",
+    "Malay_(Jawi_-_Arabic)", "Mkhedruli_(Georgian)", "N_Ko", "Ojibwe_(Canadian_Aboriginal_Syllabics)", "Sanskrit",
+    "Syriac_(Estrangelo)", "Tagalog", "Tifinagh",
+})
+SPLITS = ("paper", "vinyals", "lake")
 PARTS = ("train", "val", "test")
 
 
@@ -34,7 +49,7 @@ def _check_split(split: str) -> None:
 def split_sizes(split: str) -> tuple[int, int, int]:
     """Static (train, val, test) class counts of a split, without loading any data."""
     _check_split(split)
-    return PAPER_SPLIT_SIZES if split == "paper" else VINYALS_SPLIT_SIZES
+    return {"paper": PAPER_SPLIT_SIZES, "vinyals": VINYALS_SPLIT_SIZES, "lake": LAKE_SPLIT_SIZES}[split]
 
 
 def vinyals_names(part: str) -> list[str]:
@@ -73,9 +88,27 @@ def _vinyals_split(class_names: Sequence[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def _lake_split(class_names: Sequence[str], seed: int) -> dict[str, np.ndarray]:
+    """Background characters -> train / val (a seeded cut of characters), evaluation characters -> test."""
+    character = [name.rsplit("/", 1)[0] for name in class_names]  # alphabet/characterNN, rotation dropped
+    background = sorted({c for c in character if c.split("/", 1)[0] in BACKGROUND_ALPHABETS})
+    evaluation = {c for c in character if c.split("/", 1)[0] not in BACKGROUND_ALPHABETS}
+    if (len(background), len(evaluation), len(class_names)) != (964, 659, 4 * 1623):
+        raise DataError(
+            f"the lake split needs the 964 background and 659 evaluation characters in 4 rotations, got "
+            f"{len(background)} and {len(evaluation)} in {len(class_names)} classes; load the full dataset (both zips)"
+        )
+    perm = np.random.default_rng(seed).permutation(len(background))
+    val = {background[i] for i in perm[:LAKE_VAL_CHARACTERS]}
+    part = ["test" if c in evaluation else "val" if c in val else "train" for c in character]
+    return {p: np.flatnonzero(np.asarray(part) == p).astype(np.int32) for p in PARTS}
+
+
 def split_classes(class_names: Sequence[str], split: str, seed: int) -> dict[str, np.ndarray]:
-    """{"train", "val", "test"} -> sorted int32 indices into class_names (seed used by "paper" only)."""
+    """{"train", "val", "test"} -> sorted int32 indices into class_names (seed used by "paper" and "lake")."""
     _check_split(split)
     if split == "paper":
         return _paper_split(len(class_names), seed)
+    if split == "lake":
+        return _lake_split(class_names, seed)
     return _vinyals_split(class_names)

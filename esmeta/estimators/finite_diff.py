@@ -5,13 +5,18 @@ sigma_FD, and g[c_j] = (F_j - F_0) / sigma_FD (`central`: (F(+h) - F(-h)) / 2h, 
 Each shard evaluates its own mu (no fitness crosses shards): shards x (pop_per_shard + 1) passes a step.
 The population (pop_per_shard x shards) probes all coordinates once when it is at least the parameter
 count (the paper's "population = parameters + 1"; spare probes are evaluated and ignored), otherwise
-a fresh random subset of distinct coordinates each step, unscaled (randomized coordinate steps).
-Shards probe disjoint coordinates and their sparse estimates are SUMMED, so g is the finite-difference
-gradient on the probed coordinates whatever the shard count (equal to jax.grad up to O(h) when all
-are probed), which is what the paper says FD computes ("the partial derivative ... with respect to
-every parameter"). The paper's mean all-reduce of these disjoint vectors is this sum / shards, a
-constant factor: a paper step size alpha_paper with the mean corresponds to alpha_paper / shards here.
-Forward passes run at full float32 precision: TF32/bf16 matmuls would drown a 1e-3 difference.
+a fresh random subset of N distinct coordinates of the D each step (randomized coordinate steps).
+
+The paper does not pin down the step this makes; three readings are settings (defaults: the first of each):
+- `fd_reduce`: shards probe disjoint coordinates and their sparse estimates are SUMMED (`sum`), so g is
+  the finite-difference gradient on the probed coordinates whatever the shard count (equal to jax.grad
+  up to O(h) when all are probed: what the paper says FD computes, "the partial derivative ... with
+  respect to every parameter"), or AVERAGED (`mean`: the paper's all-reduce of Sec. II.F, = sum / shards);
+- `fd_rescale_subset`: with N < D probes, the estimate as is (`false`: E[g] = (N/D) grad F) or scaled by
+  D/N (`true`: E[g] = grad F, the unbiased randomized-coordinate estimate);
+- `estimator.optimizer`: the paper's plain update mu <- mu + alpha g (`sgd`) or Adam.
+Forward passes run at full float32 precision unless `fitness_precision=default`: TF32/bf16 matmuls would
+drown a 1e-3 difference.
 """
 
 from __future__ import annotations
@@ -36,12 +41,21 @@ def probe_coordinates(key: jax.Array, total: int, num_params: int) -> tuple[jax.
     return jax.random.permutation(key, num_params)[:total], jnp.ones(total, bool)
 
 
+def step_scale(total: int, num_params: int, shards: int, config: EstimatorConfig) -> float:
+    """The factor between the summed difference quotients and g, as `fd_reduce` and `fd_rescale_subset` read it."""
+    factor = 1.0 / shards if config.fd_reduce == "mean" else 1.0
+    if config.fd_rescale_subset and total < num_params:
+        factor *= num_params / total
+    return factor
+
+
 def make_finite_diff(
     config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int
 ) -> EstimateFn:
     """Finite-difference estimate probing `config.pop_per_shard` coordinates per shard; `sigma` is unused."""
     del sigma  # the nudge is config.fd_sigma
     pps, h, central = config.pop_per_shard, config.fd_sigma, config.central
+    precision = population.fitness_precision(config.fitness_precision)
 
     def local(key: jax.Array, params: Params, batch: Batch, where: LocalShards):
         flat, unravel = ravel_pytree(params)
@@ -59,7 +73,7 @@ def make_finite_diff(
         coord_n, delta_n = coord_sc.reshape(-1), delta_sc.reshape(-1).astype(flat.dtype)
 
         def fitness_of(k: jax.Array) -> jax.Array:
-            with jax.default_matmul_precision("highest"):
+            with precision():
                 return fitness_from_loss(loss_fn(unravel(flat.at[coord_n[k]].add(delta_n[k])), batch))
 
         mode = population.resolve_eval_mode(config.eval_mode, where.platform)
@@ -72,7 +86,8 @@ def make_finite_diff(
             diff_sp = (fitness_sc[:, 1:] - fitness_sc[:, :1]) / h
         use_sp = active_sp & jnp.isfinite(diff_sp)
         g_flat = jnp.zeros_like(flat).at[coord_sp.reshape(-1)].add(jnp.where(use_sp, diff_sp, 0.0).reshape(-1))
-        g = unravel(where.psum(g_flat))
+        g_flat = where.psum(g_flat) * step_scale(pps * shards, flat.shape[0], shards, config)
+        g = unravel(g_flat)
         metrics = where.population_metrics(fitness_sc.reshape(-1))
         metrics["zero_update"] = (where.psum(jnp.sum(use_sp & (diff_sp != 0))) == 0).astype(jnp.float32)
         metrics["grad_norm"] = tree_norm(g)

@@ -9,6 +9,7 @@ spread evenly over the devices of a 1-D mesh (axis "shards"); each device runs i
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +26,18 @@ from esmeta.estimators.base import AXIS, Batch, EstimateFn, Params, population_m
 # jax 0.10 on CPU, a 64-channel net (111,936 parameters): the old 1 << 22 (37 candidates a chunk) held
 # 125 MiB of temporaries in the wsr step; 1 << 19 (4 a chunk) holds 10 MiB, at the same step time.
 NOISE_BUDGET = 1 << 19
+
+
+def fitness_precision(setting: str):
+    """A context manager for candidate evaluation: `jax.default_matmul_precision("highest")` (full float32
+    matmuls and convolutions; the default) or, for "default", the backend's own precision (TF32 on GPUs,
+    bf16 passes on TPUs; on CPU float32 is full precision either way). It applies while the fitness is
+    traced, so it is part of the compiled computation."""
+    if setting == "highest":
+        return lambda: jax.default_matmul_precision("highest")
+    if setting == "default":
+        return contextlib.nullcontext
+    raise ValueError(f"unknown fitness_precision {setting!r}")  # config validation rules this out
 
 
 def resolve_eval_mode(eval_mode: str, platform: str) -> str:

@@ -26,6 +26,7 @@ def run_config(
     distance: str = "euclidean",
     seed: int = 0,
     scale: str = "paper",
+    norm_stats: str = "episode",
 ) -> dict[str, Any]:
     """The nested requested config a run records (esmeta.config.Config.to_dict's shape)."""
     return {
@@ -34,7 +35,7 @@ def run_config(
         "sigma": sigma,
         "task": {"train_way": train_way, "shot": shot, "query": 5, "test_way": test_way, "test_shot": shot,
                  "test_query": 15},
-        "model": {"channels": channels, "norm_stats": "episode"},
+        "model": {"channels": channels, "norm_stats": norm_stats},
         "distance": {"name": distance, "scale": 1.0},
         "data": {"root": None, "image_size": 32, "split": "paper", "split_seed": 0, "resize_filter": "antialias"},
         "train": {"epochs": 200, "episodes_per_epoch": 100, "max_minutes": 0},
@@ -95,6 +96,7 @@ def write_run(
             "shards": shards,
             "sweep": sweep,
             "scale": scale,
+            "test_norm_stats": config["model"]["norm_stats"],
             "backend": "cpu",
             "versions": {"jax": "0.10.2"},
             "overrides": [],

@@ -65,6 +65,8 @@ Notes:
 
 - No run matched these rows; run `python -m esmeta.run sweep=table2` (add `scale=smoke` for a quick version):
   - α 10, σ 0.1
+- Test batch norm (model.norm_stats): episode, each test episode's own support+query statistics (transductive) \
+(4 runs).
 """
 
 
@@ -99,6 +101,18 @@ def test_runs_match_by_requested_config_not_effective(results_dir: Path, make_ru
     built = table("table2", results_dir, manifest)
     assert ours(built, 2) == "0.500 ± 0.010"
     assert any("smoke-scale" in n for n in built.notes)
+
+
+def test_the_notes_name_the_batch_norm_protocol_of_the_test_accuracies(results_dir: Path, make_run, manifest) -> None:
+    make_run("running", alpha=1, sigma=0.01, seed=0, norm_stats="running", accuracy=0.98)
+    make_run("episode", alpha=1, sigma=0.01, seed=1, accuracy=0.96)
+    built = table("table2", results_dir, manifest)
+    assert ours(built, 2) == "0.970 ± 0.014"
+    assert "several batch-norm test protocols averaged: episode, running" in built.long.set_index("row").loc[2, "notes"]
+    (protocol_note,) = [n for n in built.notes if n.startswith("Test batch norm")]
+    assert "running, the training running averages" in protocol_note and "(transductive) (1 run)" in protocol_note
+    runs = load_results(results_dir).runs.set_index("run_id")
+    assert sorted(runs["test_protocol"]) == ["episode", "running"]
 
 
 def test_other_configurations_do_not_match(results_dir: Path, make_run, manifest) -> None:

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from esmeta.data.omniglot import Omniglot
-from esmeta.data.splits import PAPER_SPLIT_SIZES, SPLITS, split_classes, split_sizes, vinyals_names
+from esmeta.data.splits import (
+    BACKGROUND_ALPHABETS,
+    LAKE_SPLIT_SIZES,
+    PAPER_SPLIT_SIZES,
+    SPLITS,
+    split_classes,
+    split_sizes,
+    vinyals_names,
+)
 from esmeta.errors import ConfigError, DataError
 
 PARTS = ("train", "val", "test")
@@ -37,7 +45,7 @@ def _check_partition(split: dict[str, np.ndarray], sizes: tuple[int, int, int], 
 
 
 def test_static_sizes() -> None:
-    assert SPLITS == ("paper", "vinyals")
+    assert SPLITS == ("paper", "vinyals", "lake")
     assert split_sizes("paper") == PAPER_SPLIT_SIZES == (4804, 1012, 676)
     assert split_sizes("vinyals") == (4112, 688, 1692)
     assert sum(PAPER_SPLIT_SIZES) == 6492
@@ -103,3 +111,37 @@ def test_splits_on_loaded_dataset(omniglot32: Omniglot) -> None:
     vinyals = split_classes(names, "vinyals", seed=0)
     assert {names[i] for i in vinyals["val"]} == set(vinyals_names("val"))
     _check_partition(split_classes(names, "paper", seed=1), PAPER_SPLIT_SIZES, len(names), covers=True)
+
+
+def test_lake_split_keeps_every_test_character_out_of_train_and_validation_in_every_rotation(all_names) -> None:
+    """Lake et al.'s protocol: train/val from the 30 background alphabets, test from the 20 evaluation ones."""
+    assert split_sizes("lake") == LAKE_SPLIT_SIZES == (3168, 688, 2636)
+    split = split_classes(all_names, "lake", 0)
+    _check_partition(split, LAKE_SPLIT_SIZES, len(all_names), covers=True)
+    train, val, test = (_characters(all_names, split[p]) for p in PARTS)
+    assert not test & (train | val) and not train & val  # by character, so no rotation of one crosses over
+    for part in PARTS:  # every rotation of a character of a part is in that part
+        names = {all_names[i] for i in split[part]}
+        chars = _characters(all_names, split[part])
+        assert names == {f"{c}/rot{d:03d}" for c in chars for d in (0, 90, 180, 270)}
+    alphabet = lambda chars: {c.split("/")[0] for c in chars}  # noqa: E731
+    assert alphabet(train | val) == BACKGROUND_ALPHABETS and len(alphabet(test)) == 20
+    assert not alphabet(test) & BACKGROUND_ALPHABETS
+    # The validation cut is seeded: same seed, same cut; another seed, another cut of the same sizes.
+    again, other = split_classes(all_names, "lake", 0), split_classes(all_names, "lake", 1)
+    assert all(np.array_equal(split[p], again[p]) for p in PARTS)
+    assert not np.array_equal(split["val"], other["val"]) and np.array_equal(split["test"], other["test"])
+
+
+def test_lake_split_on_the_loaded_data_matches_the_zips(omniglot32) -> None:
+    """On the real data: the test classes are exactly images_evaluation's characters (the second zip's,
+    loaded after the background ones), in all four rotations."""
+    split = split_classes(omniglot32.class_names, "lake", 0)
+    n_background = 4 * 964
+    assert np.array_equal(split["test"], np.arange(n_background, len(omniglot32.class_names)))
+    assert split["train"].max() < n_background and split["val"].max() < n_background
+
+
+def test_lake_split_needs_the_whole_dataset(all_names) -> None:
+    with pytest.raises(DataError, match="lake split needs"):
+        split_classes(all_names[:100], "lake", 0)
