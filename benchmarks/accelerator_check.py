@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
               "matmul_peak_gflops": round(peak, 1)}
     channels_list, populations = ((16,), (16,)) if args.quick else ((16, 64), (256, 1024))
     for channels in channels_list:
-        for row in measure(channels, populations, episode, args, peak, {"check": "throughput", **common}):
-            pass  # measure prints each row
+        measure(channels, populations, episode, args, peak, {"check": "throughput", **common})  # prints its rows
     for channels in channels_list:
         precision_check(channels, 8 if args.quick else 256, episode, common)
     table1_row(args, common)
