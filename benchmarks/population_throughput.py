@@ -80,6 +80,36 @@ def naive_loss_fn(channels: int):
     return loss
 
 
+def measure(channels: int, populations, episode, args: argparse.Namespace, peak: float, common: dict) -> list[dict]:
+    """The esmeta and naive_vmap rows (printed as JSON lines) of one channel count at each population."""
+    rows = []
+    mu = init_params(jax.random.key(1), channels, SIZE)
+    flat, unravel = ravel_pytree(mu)
+    flops = forward_flops(channels)
+    loss = make_loss_fn(way=WAY, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
+    naive_loss = jax.jit(jax.vmap(naive_loss_fn(channels), in_axes=(0, None)))
+    for population in populations:
+        config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=population)
+        estimate = jax.jit(make_estimator(config, 0.01, loss, None, 1))
+        seconds = best_seconds(lambda: estimate(jax.random.key(2), mu, episode), args.repeats)
+        n_naive = min(population, args.naive_cap)
+
+        def naive():  # materialize the population matrix, then vmap the loss over it
+            noise = 0.01 * jax.random.normal(jax.random.key(2), (n_naive, flat.size))
+            return naive_loss(jax.vmap(unravel)(flat + noise), episode)
+
+        naive_seconds = best_seconds(naive, args.repeats)
+        for impl, n, secs in (("esmeta", population, seconds), ("naive_vmap", n_naive, naive_seconds)):
+            rate = n / secs
+            row = {"channels": channels, "population": population, "impl": impl, "measured_candidates": n,
+                   "params": int(flat.size), "seconds": round(secs, 4), "candidates_per_s": round(rate, 1),
+                   "gflops": round(rate * flops / 1e9, 2), "share_of_matmul_peak": round(rate * flops / 1e9 / peak, 4),
+                   **common}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     train = train_images(args, SIZE)
@@ -88,32 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     channels_list, populations = ((16,), (64,)) if args.quick else ((16, 32, 64), (64, 256, 1024))
     common = {"backend": jax.default_backend(), "jax": jax.__version__, "cores": len(os.sched_getaffinity(0)),
               "way": WAY, "shot": SHOT, "query": QUERY, "matmul_peak_gflops": round(peak, 1)}
-    rows = []
-    for channels in channels_list:
-        mu = init_params(jax.random.key(1), channels, SIZE)
-        flat, unravel = ravel_pytree(mu)
-        flops = forward_flops(channels)
-        loss = make_loss_fn(way=WAY, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
-        naive_loss = jax.jit(jax.vmap(naive_loss_fn(channels), in_axes=(0, None)))
-        for population in populations:
-            config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=population)
-            estimate = jax.jit(make_estimator(config, 0.01, loss, None, 1))
-            seconds = best_seconds(lambda: estimate(jax.random.key(2), mu, episode), args.repeats)
-            n_naive = min(population, args.naive_cap)
-
-            def naive():  # materialize the population matrix, then vmap the loss over it
-                noise = 0.01 * jax.random.normal(jax.random.key(2), (n_naive, flat.size))
-                return naive_loss(jax.vmap(unravel)(flat + noise), episode)
-
-            naive_seconds = best_seconds(naive, args.repeats)
-            for impl, n, secs in (("esmeta", population, seconds), ("naive_vmap", n_naive, naive_seconds)):
-                rate = n / secs
-                row = {"channels": channels, "population": population, "impl": impl, "measured_candidates": n,
-                       "params": int(flat.size), "seconds": round(secs, 4), "candidates_per_s": round(rate, 1),
-                       "gflops": round(rate * flops / 1e9, 2), "share_of_matmul_peak": round(rate * flops / 1e9 / peak, 4),
-                       **common}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    rows = [row for channels in channels_list for row in measure(channels, populations, episode, args, peak, common)]
 
     print(f"\nmatmul peak {peak:.0f} GFLOP/s on {common['cores']} {common['backend']} cores", file=sys.stderr)
     print(f"{'channels':>8} {'population':>10} {'esmeta/s':>9} {'naive/s':>8} {'speedup':>8} {'GFLOP/s':>8} {'of peak':>8}",

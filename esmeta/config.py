@@ -282,6 +282,59 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value:g} must be {rule}")
 
 
+def validate_estimator(
+    e: EstimatorConfig, sigma: float, shards: int = 0, names: Mapping[str, str] | None = None
+) -> None:
+    """The estimator's own checks, shared by `validate` and `esmeta.estimators` (make_estimator, the constructors).
+
+    `shards` 0 means not known yet (one per device); `names` renames settings in the messages (a field, "sigma",
+    "shards" or "population" -> the name the caller's user wrote), e.g. a constructor's keyword arguments.
+    """
+    names = names or {}
+
+    def name(key: str) -> str:
+        default = {"sigma": "sigma", "shards": "hardware.shards", "population": "estimator.pop_per_shard x hardware.shards"}
+        return names.get(key, default.get(key, f"estimator.{key}"))
+
+    for f in fields(EstimatorConfig):  # types, for configs built in Python rather than from a mapping
+        _coerce(name(f.name), getattr(e, f.name), f.type)
+    _coerce(name("sigma"), sigma, "float")
+    _coerce(name("shards"), shards, "int")
+    _choice(name("name"), e.name, ESTIMATORS)
+    _choice(name("optimizer"), e.optimizer, OPTIMIZERS)
+    _positive(name("lr_decay_every"), e.lr_decay_every, allow_zero=True)
+    _positive(name("lr_decay_factor"), e.lr_decay_factor)
+    _positive(name("weight_decay"), e.weight_decay, allow_zero=True)
+    _choice(name("fitness_shaping"), e.fitness_shaping, FITNESS_SHAPINGS)
+    _choice(name("normalize"), e.normalize, NORMALIZATIONS)
+    _choice(name("eval_mode"), e.eval_mode, EVAL_MODES)
+    _choice(name("fd_reduce"), e.fd_reduce, FD_REDUCES)
+    _choice(name("fitness_precision"), e.fitness_precision, FITNESS_PRECISIONS)
+    _positive(name("rank"), e.rank, allow_zero=True)
+    _positive(name("chunk_size"), e.chunk_size, allow_zero=True)
+    _positive(name("shards"), shards, allow_zero=True)
+    if e.is_es:
+        _positive(name("pop_per_shard"), e.pop_per_shard)
+    if e.name == "wsr":
+        _positive(name("sigma"), sigma)
+        if e.antithetic and e.pop_per_shard % 2:
+            raise ConfigError(
+                f"{name('antithetic')}=true needs an even {name('pop_per_shard')} (mirrored pairs), got {e.pop_per_shard}"
+            )
+        if e.pop_per_shard < 2 and e.normalize == "per_shard":
+            raise ConfigError(
+                f"{name('pop_per_shard')}={e.pop_per_shard} must be at least 2 to z-score fitnesses within a shard; "
+                f"raise it or set {name('normalize')}=global"
+            )
+        if shards and e.pop_per_shard * shards < 2:
+            raise ConfigError(
+                f"{name('population')}={e.pop_per_shard * shards} must be at least 2 for wsr "
+                "(a lone candidate's shaped fitness is 0: a zero update); raise it"
+            )
+    if e.name == "finite_diff":
+        _positive(name("fd_sigma"), e.fd_sigma)
+
+
 def validate(config: Config) -> None:
     """Cross-field checks that need no data and no JAX; raises ConfigError on the first problem."""
     from esmeta.data.splits import split_sizes  # static sizes, no data loaded
@@ -331,35 +384,7 @@ def validate(config: Config) -> None:
     _positive("eval.val_episodes", config.eval.val_episodes, allow_zero=True)
     _positive("eval.test_episodes", config.eval.test_episodes)
 
-    _choice("estimator.name", e.name, ESTIMATORS)
-    _choice("estimator.optimizer", e.optimizer, OPTIMIZERS)
-    _positive("estimator.lr_decay_every", e.lr_decay_every, allow_zero=True)
-    _positive("estimator.lr_decay_factor", e.lr_decay_factor)
-    _positive("estimator.weight_decay", e.weight_decay, allow_zero=True)
-    _choice("estimator.fitness_shaping", e.fitness_shaping, FITNESS_SHAPINGS)
-    _choice("estimator.normalize", e.normalize, NORMALIZATIONS)
-    _choice("estimator.eval_mode", e.eval_mode, EVAL_MODES)
-    _choice("estimator.fd_reduce", e.fd_reduce, FD_REDUCES)
-    _choice("estimator.fitness_precision", e.fitness_precision, FITNESS_PRECISIONS)
-    _positive("estimator.rank", e.rank, allow_zero=True)
-    _positive("estimator.chunk_size", e.chunk_size, allow_zero=True)
-    if e.is_es:
-        _positive("estimator.pop_per_shard", e.pop_per_shard)
-    if e.name == "wsr":
-        _positive("sigma", config.sigma)
-        if e.antithetic and e.pop_per_shard % 2:
-            raise ConfigError(
-                f"estimator.antithetic=true needs an even estimator.pop_per_shard (mirrored pairs), got {e.pop_per_shard}"
-            )
-        if e.pop_per_shard < 2 and e.normalize == "per_shard":
-            raise ConfigError(
-                "estimator.pop_per_shard must be at least 2 to z-score fitnesses within a shard; "
-                "raise it or set estimator.normalize=global"
-            )
-    if e.name == "finite_diff":
-        _positive("estimator.fd_sigma", e.fd_sigma)
-
-    _positive("hardware.shards", h.shards, allow_zero=True)
+    validate_estimator(e, config.sigma, h.shards)  # and hardware.shards
     _choice("hardware.platform", h.platform, PLATFORMS)
     _positive("hardware.devices", h.devices, allow_zero=True)
     _positive("hardware.cpu_devices", h.cpu_devices, allow_zero=True)

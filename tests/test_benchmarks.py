@@ -13,7 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def run_quick(script: str, tmp_path: Path) -> list[dict]:
     args = [sys.executable, str(BENCHMARKS / script), "--quick"]
-    if script in ("backprop_reference.py", "es_reference.py"):
+    if script in ("backprop_reference.py", "es_reference.py", "accelerator_check.py"):
         args += ["--out", str(tmp_path)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,3 +91,16 @@ def test_benchmark_without_data_says_so_in_one_line(script, args, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{Path(script).stem}: error: "), proc.stderr
     assert str(nowhere) in lines[0]  # says where it looked
+
+
+def test_accelerator_check_quick(tmp_path, omniglot32):
+    lines = run_quick("accelerator_check.py", tmp_path)
+    checks = {r["check"] for r in lines}
+    assert checks == {"throughput", "precision", "table1"}
+    throughput = [r for r in lines if r["check"] == "throughput"]
+    assert {r["impl"] for r in throughput} == {"esmeta", "naive_vmap"} and all(r["candidates_per_s"] > 0 for r in throughput)
+    [precision] = [r for r in lines if r["check"] == "precision"]
+    assert 0.0 <= precision["max_rel_fitness_diff"] < 1e-2 and precision["fitness_std"] > 0
+    [row] = [r for r in lines if r["check"] == "table1"]
+    assert row["status"] == "completed" and row["episodes"] == 2 and 0.0 <= row["test_accuracy"] <= 1.0
+    assert (Path(row["run_dir"]) / "done").exists()
