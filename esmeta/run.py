@@ -24,6 +24,7 @@ from esmeta.errors import ConfigError, EsmetaError
 CONFIG_MODULE = "esmeta.conf"
 CONFIG_NAME = "config"
 USAGE_HINT = "see `python -m esmeta.run --help`"
+log = logging.getLogger("esmeta.run")  # by name: run as `python -m esmeta.run`, __name__ is "__main__"
 
 
 def fail(message: str) -> None:
@@ -196,10 +197,11 @@ def _job(cfg: DictConfig) -> float | str | None:
         summary = train(config, run_dir, job)
     except Exception as e:
         return _job_failed(e, config, run_dir, job, multirun)
-    print(
-        f"[{summary['status']}] {summary['estimator']}: test accuracy {summary['test_accuracy']:.4f} "
-        f"± {summary['test_accuracy_std']:.4f} ({config.task.test_way}-way {config.task.test_shot}-shot, "
-        f"{summary['test_episodes']} episodes) -> {run_dir}"
+    # Through logging, not print: Hydra's handlers put it on stdout and in the job's .log (SLURM, nohup, sweeps).
+    log.info(
+        "[%s] %s: test accuracy %.4f ± %.4f (%d-way %d-shot, %d episodes) -> %s", summary["status"],
+        summary["estimator"], summary["test_accuracy"], summary["test_accuracy_std"], config.task.test_way,
+        config.task.test_shot, summary["test_episodes"], run_dir,
     )
     return summary["test_accuracy"]
 

@@ -151,15 +151,21 @@ def versions() -> dict[str, str]:
 
 
 class ProgressBar:
-    """A tqdm bar on a terminal; silent otherwise (or as `train.progress` says)."""
+    """A tqdm bar on a terminal; silent otherwise (or as `train.progress` says). While the bar shows, log records
+    that would go to the console (Hydra's stdout handler) are written above it instead of through it; the job's
+    `.log` file is not touched."""
 
     def __init__(self, total: int, mode: str, initial: int = 0):
         enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
         self.bar = None
+        self._redirect = None
         if enabled:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="ep", dynamic_ncols=True, leave=False)
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
 
     def update(self, n: int = 1, **postfix: float) -> None:
         if self.bar is not None:
@@ -170,6 +176,27 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def epoch_line(record: dict[str, float], total: int, epochs: int, elapsed: float, eta: float) -> str:
+    """The one progress line an epoch logs (`esmeta.train`, INFO): what a job's `.log` shows of a run."""
+    val = record.get("val/accuracy")
+    return (
+        f"epoch {record['epoch']}/{epochs} | episode {record['episode']}/{total} | "
+        f"train loss {record['train/loss']:.4f} | val accuracy {'-' if val is None else f'{val:.4f}'} | "
+        f"{record['es/candidates_per_s']:.1f} candidates/s | elapsed {_clock(elapsed)} | ETA {_clock(eta)}"
+    )
 
 
 def make_budget_clock(kind: str) -> Callable[[], float]:
@@ -392,6 +419,9 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     out.start(keep_checkpoint=resuming, record=job.record)  # the first write into the directory: all checked
     if resuming:
         out.rewrite_metrics(progress.records)  # drop lines logged after the checkpoint
+        if writer:
+            log.info("resumed from episode %d/%d (epoch %d, from %s)", progress.step,
+                     config.train.epochs * config.train.episodes_per_epoch, len(progress.records), ckpt_path)
     budget_seconds = make_budget_clock(config.train.budget_clock)
     elapsed = lambda: progress.seconds + time.perf_counter() - start  # noqa: E731
     status, stopped_by_budget = "completed", False
@@ -404,6 +434,7 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     bar = ProgressBar(total, config.train.progress, initial=progress.step)
     pending: list[dict[str, jax.Array]] = []  # device metrics not yet pulled to the host
     epoch_t0, epoch_steps = time.perf_counter(), 0
+    loop_t0, loop_step0 = epoch_t0, progress.step  # this process's pace, for the ETA
 
     def pull() -> None:  # one host transfer for the steps since the last one
         progress.window.extend({k: float(v) for k, v in m.items()} for m in jax.device_get(pending))
@@ -441,6 +472,10 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
                     progress.window = []
                     epoch_t0, epoch_steps = time.perf_counter(), 0
                     bar.update(0, loss=record["train/loss"], val=progress.val_acc)
+                    if writer:
+                        pace = (time.perf_counter() - loop_t0) / (progress.step - loop_step0)
+                        log.info(epoch_line(record, total, config.train.epochs, elapsed(),
+                                            pace * (total - progress.step)))
                     if not finite or not math.isfinite(record["train/loss"]):
                         # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.
                         status, stop = "collapsed", True

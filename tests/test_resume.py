@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,11 +85,23 @@ def test_killed_then_resumed_run_ends_with_the_same_summary(uninterrupted, kille
 
 
 def test_resumed_metrics_have_each_epoch_once_with_the_same_values(uninterrupted, killed_and_resumed):
-    run_dir, _ = killed_and_resumed
+    run_dir, killed_at = killed_and_resumed
     timing = {"wall_time_s", "es/candidates_per_s"}
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     straight, resumed = list(read_metrics(uninterrupted)), list(read_metrics(run_dir))
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    total = 3 * EPISODES_PER_EPOCH
+    log = (run_dir / "run.log").read_text()  # the killed run's lines, then the resumed run's (Hydra appends)
+    lines = re.findall(rf"\[esmeta\.train\]\[INFO\] - resumed from episode (\d+)/{total} \(epoch (\d), from .+\)", log)
+    assert len(lines) == 1, log
+    # The checkpoint the kill left: the one read just before it (or, at worst, the next one a step later).
+    step, epoch = int(lines[0][0]), int(lines[0][1])
+    assert killed_at <= step < total and step % CHECKPOINT_EVERY == 0 and epoch == step // EPISODES_PER_EPOCH
+    after = log[log.index("resumed from episode"):]  # the resumed run logs only the epochs it finishes, then the result
+    done = range(epoch + 1, 4)
+    assert [int(e) for e in re.findall(r"\] - epoch (\d)/3 \| episode", after)] == list(done)
+    assert "resumed from" not in (uninterrupted / "run.log").read_text()
+    assert after.count("test accuracy") == 1
     assert strip(resumed) == strip(straight)
 
 

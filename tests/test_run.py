@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -71,6 +72,26 @@ def test_tiny_run_logs_one_line_per_epoch(tiny_run):
     assert lines[-1]["wall_time_s"] > lines[0]["wall_time_s"]
     # Training lowers the loss: last epoch's mean below the first's (5-way, 1-shot: from ~1 nat).
     assert lines[-1]["train/loss"] < lines[0]["train/loss"]
+
+
+def test_tiny_run_tells_its_story_in_the_job_log(tiny_run):
+    """stderr a pipe (no terminal, no bar): Hydra's job log holds one progress line per epoch and the result."""
+    log = (tiny_run / "run.log").read_text()  # <hydra.run.dir>/<job name>.log, written by Hydra's file handler
+    epochs = re.findall(
+        r"\[esmeta\.train\]\[INFO\] - epoch (\d)/3 \| episode (\d+)/60 \| train loss (\S+) \| "
+        r"val accuracy (0\.\d{4}|1\.0000) \| (\d+\.\d) candidates/s \| elapsed \d+:\d\d:\d\d \| ETA (\d+:\d\d:\d\d)",
+        log,
+    )
+    assert [(e[0], e[1]) for e in epochs] == [("1", "20"), ("2", "40"), ("3", "60")], log
+    assert all(float(e[4]) > 0 for e in epochs) and epochs[-1][5] == "0:00:00"
+    metrics = list(read_metrics(tiny_run))
+    assert [float(e[2]) for e in epochs] == pytest.approx([m["train/loss"] for m in metrics], abs=1e-4)
+    s = read_summary(tiny_run)
+    final = re.findall(r"\[esmeta\.run\]\[INFO\] - \[completed\] backprop: test accuracy (\S+) ± (\S+) "
+                       r"\(5-way 1-shot, 20 episodes\) -> (.+)", log)
+    assert len(final) == 1 and float(final[0][0]) == pytest.approx(s["test_accuracy"], abs=1e-4)
+    assert final[0][2] == str(tiny_run)
+    assert log.index("epoch 3/3") < log.index("test accuracy")
 
 
 def test_load_run_embeds_like_training(tiny_run, omniglot32):
