@@ -9,7 +9,9 @@ Modules, one job each:
   figures       Figures 1-5 (matplotlib, Agg)
   cli           argument parsing and error reporting shared by the two scripts
 
-Scripts: `python analysis/make_tables.py --results DIR` and `python analysis/make_figures.py --results DIR`.
+Installed as `esmeta.analysis` (package-dir in pyproject.toml), never as a top-level `analysis`.
+Scripts: `esmeta-tables --results DIR` and `esmeta-figures --results DIR`; from a checkout, the same as
+`python analysis/make_tables.py --results DIR` and `python analysis/make_figures.py --results DIR`.
 The results files (`summary.json`, `metrics.jsonl`, `done`) are the only interface to training:
 nothing here imports the training code to load runs.
 """

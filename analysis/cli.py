@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from analysis.load import Results, load_results
-from analysis.paper import Entry, load_manifest
+from .load import Results, load_results
+from .paper import Entry, load_manifest
 
 SOURCES = ("local", "wandb")
 
@@ -113,7 +113,7 @@ def load_source(args: argparse.Namespace) -> Results:
     if args.source == "local":
         results = load_results(args.results)
     else:
-        from analysis.wandb_source import load_wandb
+        from .wandb_source import load_wandb
 
         try:
             results = load_wandb(args.entity, args.project)

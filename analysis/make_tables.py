@@ -13,15 +13,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the package, not this file's folder
+if __package__ in (None, ""):  # run as a script (`python analysis/make_tables.py`): its folder is the package
+    # Installed, the folder is `esmeta.analysis`; run from a checkout it is imported as the package `analysis`
+    # from the repository root (PEP 366), installed or not, and never its modules as top-level ones.
     _here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
+    __package__ = _here.name
 
-from analysis import cli  # noqa: E402
-from analysis.memory import memory_table, render_memory_latex, render_memory_markdown  # noqa: E402
-from analysis.paper import TABLE_KEYS, load_paper_table  # noqa: E402
-from analysis.tables import SPECS, build_table, render_latex, render_markdown  # noqa: E402
+from . import cli  # noqa: E402
+from .memory import memory_table, render_memory_latex, render_memory_markdown  # noqa: E402
+from .paper import TABLE_KEYS, load_paper_table  # noqa: E402
+from .tables import SPECS, build_table, render_latex, render_markdown  # noqa: E402
 
 PROG = "make_tables"
 NAMES = (*TABLE_KEYS, "memory")

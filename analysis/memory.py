@@ -23,7 +23,7 @@ from functools import cache
 
 import pandas as pd
 
-from analysis.paper import parse_number
+from .paper import parse_number
 
 BYTES_PER_FLOAT = 4
 BLOCKS = 4
@@ -155,7 +155,7 @@ def forty_times_note(table: pd.DataFrame) -> str:
 
 def render_memory_markdown(table: pd.DataFrame) -> str:
     """Heading, table, caption and the forty-times case, as markdown."""
-    from analysis.tables import markdown_table
+    from .tables import markdown_table
 
     parts = [f"## {MEMORY_TITLE}", "", markdown_table(memory_display(table)), "", MEMORY_CAPTION]
     note = forty_times_note(table)
@@ -166,6 +166,6 @@ def render_memory_markdown(table: pd.DataFrame) -> str:
 
 def render_memory_latex(table: pd.DataFrame) -> str:
     """The memory table as LaTeX."""
-    from analysis.tables import frame_latex
+    from .tables import frame_latex
 
     return frame_latex(memory_display(table), f"{MEMORY_TITLE}. {MEMORY_CAPTION}", "tab:memory")

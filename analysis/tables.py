@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from tabulate import tabulate
 
-from analysis.paper import Entry, config_columns, is_close, paper_text, parse_number
+from .paper import Entry, config_columns, is_close, paper_text, parse_number
 
 DECIMALS = 3
 STD_NOTE = (

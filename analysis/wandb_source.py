@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from analysis.load import Results, Skipped, assemble, curve_records, run_record
+from .load import Results, Skipped, assemble, curve_records, run_record
 
 CURVE_KEYS = ("epoch", "val/accuracy")
 EPOCH_PREFIX = "epoch/"

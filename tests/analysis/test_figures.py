@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.figures import PIXELS, SPECS, make_figures
-from analysis.load import load_results
-from analysis.paper import load_manifest
+from esmeta.analysis.figures import PIXELS, SPECS, make_figures
+from esmeta.analysis.load import load_results
+from esmeta.analysis.paper import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 MAKE_FIGURES = REPO / "analysis" / "make_figures.py"

@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from analysis.load import load_results
+from esmeta.analysis.load import load_results
 
 
 def test_one_row_per_complete_run_with_requested_config_and_metrics(results_dir: Path, make_run) -> None:

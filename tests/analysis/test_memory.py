@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from analysis.memory import (
+from esmeta.analysis.memory import (
     BYTES_PER_FLOAT,
     activation_floats_per_image,
     forty_times_note,
@@ -17,7 +17,7 @@ from analysis.memory import (
     model_sizes,
     param_count_formula,
 )
-from analysis.paper import load_manifest, load_paper_table
+from esmeta.analysis.paper import load_manifest, load_paper_table
 from esmeta.protonet import ConvEmbedding, init_params, num_params
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import wandb
 
-from analysis import make_tables
-from analysis.load import load_results
-from analysis.paper import load_manifest, load_paper_table
-from analysis.tables import SPECS, build_table
-from analysis.wandb_source import load_wandb
+from esmeta.analysis import make_tables
+from esmeta.analysis.load import load_results
+from esmeta.analysis.paper import load_manifest, load_paper_table
+from esmeta.analysis.tables import SPECS, build_table
+from esmeta.analysis.wandb_source import load_wandb
 
 FIXTURE = Path(__file__).parent / "fixtures" / "wandb_runs.json"
 ALLOWED = {"id", "name", "state", "config", "summary", "scan_history"}
