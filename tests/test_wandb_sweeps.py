@@ -12,7 +12,7 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from esmeta.run import check_overrides
+from esmeta.run import plan_command
 from esmeta.wandb_sweeps import expand, main, render, sweep_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def agent_overrides(sweep: dict, point: dict[str, str]) -> list[str]:
 
 
 def test_table2_grid_points_compose_into_their_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.chdir(tmp_path)  # check_overrides creates the job's run directory
+    monkeypatch.chdir(tmp_path)  # the job's run directory is relative to the working directory
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep01")  # what the agent sets for each job
     sweep = yaml.safe_load((COMMITTED / "table2.yaml").read_text())
     assert (sweep["method"], sweep["project"], list(sweep["parameters"])) == ("grid", "esmeta", ["point"])
@@ -47,11 +47,13 @@ def test_table2_grid_points_compose_into_their_rows(tmp_path: Path, monkeypatch:
         monkeypatch.setenv("WANDB_RUN_ID", f"run{i}")
         overrides = agent_overrides(sweep, {"point": point})
         assert overrides[:2] == ["sweep=table2", "hydra.mode=RUN"] and overrides[-1] == f"point={point}"
-        (config,) = check_overrides(overrides)  # one job, not the stored sweep's multirun
+        (config,), out, multirun = plan_command(overrides)  # one job, not the stored sweep's multirun
         assert (config.alpha, config.sigma) == TABLE2[point]
         assert (config.estimator.name, config.hardware.name, config.model.channels) == ("wsr", "tpu-v3-8", 16)
         assert (config.estimator.pop_per_shard, config.task.train_way, config.task.shot) == (128, 10, 5)
-        assert (tmp_path / "multirun" / "table2_wandb" / "sweep01" / f"run{i}").is_dir()  # one directory per W&B run
+        # one directory per W&B run, planned, not created: checking a command writes nothing
+        assert not multirun and out == Path("multirun") / "table2_wandb" / "sweep01" / f"run{i}"
+        assert not (tmp_path / "multirun").exists()
 
 
 @pytest.mark.parametrize("name", sweep_names())
