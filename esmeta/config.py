@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from esmeta.errors import ConfigError
+from esmeta.errors import ConfigError, NeedsAcceleratorError
 
 IMAGES_PER_CLASS = 20  # every Omniglot character has 20 drawings
 MIN_IMAGE_SIZE = 16  # four 2x2 max-pools need at least 16 pixels to leave a 1x1 map
@@ -33,7 +33,7 @@ PLATFORMS = ("any", "cpu", "gpu", "tpu")
 PROGRESS = ("auto", "on", "off")
 BUDGET_CLOCKS = ("wall", "cpu")
 LOGGERS = ("wandb", "none")
-SCALES = ("paper", "smoke", "custom")
+SCALES = ("paper", "cpu", "smoke", "custom")
 INT_LIMIT = 2**63  # every integer setting must fit a signed 64-bit integer (what JAX and numpy take)
 SEEDS = ("seed", "eval.seed", "data.split_seed")
 
@@ -159,11 +159,13 @@ class LoggerConfig:
 
 @dataclass(frozen=True)
 class ScaleConfig:
-    """Budget preset of a sweep: `paper` as stated, `smoke` caps populations and shards to run in minutes."""
+    """Budget preset of a sweep: `paper` as stated, `cpu` the paper's configurations under a time budget (larger
+    populations refused), `smoke` caps populations and shards to run in minutes."""
 
     name: str = "paper"
     max_pop_per_shard: int = 0  # cap on estimator.pop_per_shard; 0 = no cap
     max_shards: int = 0  # cap on the logical shards; 0 = no cap
+    max_population: int = 0  # larger requested populations are not run at this scale (they need an accelerator)
 
 
 @dataclass(frozen=True)
@@ -393,6 +395,7 @@ def validate(config: Config) -> None:
     _choice("scale.name", config.scale.name, SCALES)
     _positive("scale.max_pop_per_shard", config.scale.max_pop_per_shard, allow_zero=True)
     _positive("scale.max_shards", config.scale.max_shards, allow_zero=True)
+    _positive("scale.max_population", config.scale.max_population, allow_zero=True)
 
 
 def scaled(config: Config) -> Config:
@@ -407,3 +410,16 @@ def scaled(config: Config) -> Config:
     if s.max_shards and h.shards > s.max_shards:
         h = dataclasses.replace(h, shards=s.max_shards)
     return dataclasses.replace(config, estimator=e, hardware=h)
+
+
+def check_fits_scale(config: Config) -> None:
+    """Refuse a configuration whose requested population exceeds `scale.max_population` (NeedsAcceleratorError):
+    at `scale=cpu` the paper's v3-256 and v2-512 rows are not shrunk to fit, they are left to an accelerator."""
+    s, e = config.scale, config.estimator
+    population = e.pop_per_shard * config.hardware.shards
+    if s.max_population and e.name in POPULATION_ESTIMATORS and population > s.max_population:
+        raise NeedsAcceleratorError(
+            f"population {population} ({e.pop_per_shard} per shard x {config.hardware.shards} shards) exceeds "
+            f"scale={s.name}'s max_population {s.max_population}: this configuration needs an accelerator; "
+            "run it there with scale=paper (or raise scale.max_population)"
+        )

@@ -11,3 +11,8 @@ class ConfigError(EsmetaError):
 
 class DataError(EsmetaError):
     """Missing, unreadable or corrupt data files."""
+
+
+class NeedsAcceleratorError(ConfigError):
+    """A configuration too large for the chosen scale (`scale.max_population`): a multirun records the job as
+    skipped, a single run is refused."""

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from esmeta.config import Config, from_mapping
-from esmeta.errors import ConfigError, EsmetaError
+from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError
 
 CONFIG_MODULE = "esmeta.conf"
 CONFIG_NAME = "config"
@@ -206,14 +206,20 @@ def _job(cfg: DictConfig) -> float | str | None:
     return summary["test_accuracy"]
 
 
-def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any, multirun: bool) -> str:
+def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any, multirun: bool) -> str | None:
     """A job's failure: refused in one line (a single run, bad input: nothing written, exit 2); otherwise
-    recorded as the job's `failed` summary and reported; a multirun goes on to its next job."""
+    recorded as the job's `failed` summary and reported; a multirun goes on to its next job. A configuration that
+    needs an accelerator at this scale is recorded as `skipped` and is no failure."""
     from esmeta.train import record_failure
 
     bad_input = isinstance(error, EsmetaError)
     if bad_input and not multirun:
         fail(str(error))
+    if isinstance(error, NeedsAcceleratorError):  # not a failure: the sweep records the job as skipped, goes on
+        if config is not None:
+            record_failure(config, run_dir, job, error, status="skipped")
+        log.warning("[skipped] %s: %s", run_dir, error)
+        return None
     if config is not None:
         record_failure(config, run_dir, job, error)
     if bad_input:

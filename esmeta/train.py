@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import platform
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ import optax
 from flax import serialization
 
 from esmeta import checkpoint
-from esmeta.config import Config, EstimatorConfig, scaled
+from esmeta.config import Config, EstimatorConfig, check_fits_scale, scaled
 from esmeta.data import load_omniglot, sample_episode, split_classes
 from esmeta.data.omniglot import check_zips
 from esmeta.errors import ConfigError, DataError, EsmetaError
@@ -150,6 +152,43 @@ def versions() -> dict[str, str]:
     }
 
 
+def provenance() -> dict[str, Any]:
+    """What produced a result: the command line, esmeta's git commit (None outside a checkout) and whether the
+    checkout had uncommitted changes, and the machine (processor and the cores this process may use)."""
+    package = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "command": shlex.join([Path(sys.executable).name, "-m", "esmeta.run", *sys.argv[1:]]),
+        "commit": commit,
+        "dirty": None if status is None else bool(status),
+        "machine": {"processor": cpu_name(), "cores": available_cores(), "platform": platform.platform()},
+    }
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux), else what `platform` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class ProgressBar:
     """A tqdm bar on a terminal; silent otherwise (or as `train.progress` says). While the bar shows, log records
     that would go to the console (Hydra's stdout handler) are written above it instead of through it; the job's
@@ -203,7 +242,7 @@ def make_budget_clock(kind: str) -> Callable[[], float]:
     """Seconds spent so far by the budget's clock: elapsed wall time, or this process's CPU time divided by
     the cores it may use (on a machine shared with other work, the compute a quiet machine would give)."""
     if kind == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = available_cores()
         cpu0 = time.process_time()
         return lambda: (time.process_time() - cpu0) / cores
     wall0 = time.perf_counter()
@@ -274,6 +313,7 @@ def _check_same_run(saved: dict[str, Any], config: Config, where: Path, what: st
 def check_start(config: Config) -> tuple[Any, int]:
     """What must hold before a run touches its directory: the hardware it asks for and the data.
     Returns (mesh, shards); raises a one-line EsmetaError otherwise. Writes nothing (but a download)."""
+    check_fits_scale(config)
     configure_backend(config.hardware)
     mesh, shards = make_mesh(scaled(config).hardware)
     check_zips(config.data.root, config.data.download)
@@ -320,7 +360,7 @@ def inspect_run_dir(config: Config, path: Path) -> RunState:
         return RunState()
     if (path / DONE).exists():
         previous = read_finished_summary(path)
-        if previous.get("status") != "failed":
+        if previous.get("status") not in ("failed", "skipped"):  # a job that never ran is redone
             _check_same_run(previous.get("config", {}), config, path, "a finished run")
             return RunState(finished=previous)
     if (path / checkpoint.CHECKPOINT).exists():
@@ -339,17 +379,17 @@ def preflight(config: Config, run_dir: Path) -> DirLock | None:
     return DirLock(run_dir).acquire() if config.hardware.processes == 1 else None
 
 
-def record_failure(config: Config, run_dir: Path, job: JobInfo, error: BaseException) -> bool:
-    """Record `error` as the run's `failed` summary (rerunning redoes it), unless the directory is not this
-    run's to write: another process holds it, or it holds a finished run. Returns whether it wrote."""
+def record_failure(config: Config, run_dir: Path, job: JobInfo, error: BaseException, status: str = "failed") -> bool:
+    """Record `error` as the run's `failed` (or `skipped`) summary (rerunning redoes it), unless the directory is
+    not this run's to write: another process holds it, or it holds a finished run. Returns whether it wrote."""
     out = RunDir(run_dir)
     message = str(error) if isinstance(error, EsmetaError) else f"{type(error).__name__}: {error}"
     try:
         with DirLock(out.path):
-            if out.done and read_finished_summary(out.path).get("status") != "failed":
+            if out.done and read_finished_summary(out.path).get("status") not in ("failed", "skipped"):
                 return False
-            out.finish({"status": "failed", "error": message, "config": config.to_dict(),
-                        "overrides": list(job.overrides), "sweep": job.sweep})
+            out.finish({"status": status, "error": message, "config": config.to_dict(), "scale": config.scale.name,
+                        "overrides": list(job.overrides), "sweep": job.sweep, "provenance": provenance()})
     except (EsmetaError, OSError):
         return False
     return True
@@ -526,6 +566,7 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
             "devices": [str(d) for d in mesh.devices.flat],
             "processes": jax.process_count(),
             "versions": versions(),
+            "provenance": provenance(),  # command, commit, machine
             "overrides": list(job.overrides),
             "job_name": job.job_name,
             "params_sha256": checkpoint.sha256(params_bytes),  # load_run verifies params.msgpack against it
