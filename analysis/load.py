@@ -6,7 +6,8 @@ summary without `done`, a checkpoint only, a Hydra job that never started traini
 `Results.skipped` with the reason, never mixed in.
 
 Columns of `Results.runs` (one row per run):
-  run_id, path, status, error, sweep, scale        identity and outcome ("completed", "collapsed", "failed")
+  run_id, path, status, error, sweep, scale        identity and outcome ("completed", "collapsed", "failed", or
+                                                       "skipped": too large for its scale, needs an accelerator)
   finished_at                                      when the run wrote its summary (UTC, ISO 8601; for results
                                                        written before esmeta recorded it: the `done` marker's time)
   test_protocol                                    the batch-norm protocol behind test_accuracy (model.norm_stats:
@@ -20,6 +21,8 @@ Columns of `Results.runs` (one row per run):
   effective_population, effective_pop_per_shard, effective_shards   what actually ran (smaller under scale=smoke)
   test_accuracy, test_accuracy_std (ddof=1 over test episodes), test_accuracy_ci95, test_episodes,
   best_val_accuracy, final_val_accuracy, episodes, stopped_by_budget, wall_time_s, num_params, backend
+  max_minutes, budget_clock                        the time budget (train.max_minutes, 0 = none) and its clock
+  commit, command, processor                       what produced the run (the summary's provenance; None before)
   config.<dotted.key>                               every leaf of the requested config, flattened
 Missing values (JSON null, absent keys, NaN) are NaN/None.
 
@@ -180,7 +183,12 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
         **{key: number(summary.get(key)) for key in SUMMARY_FLOATS},
         **{key: _int_or_none(summary.get(key)) for key in SUMMARY_INTS},
         "stopped_by_budget": summary.get("stopped_by_budget"),
+        "max_minutes": number(dig(config, "train.max_minutes")),
+        "budget_clock": dig(config, "train.budget_clock"),
         "backend": summary.get("backend"),
+        "commit": dig(summary, "provenance.commit"),
+        "command": dig(summary, "provenance.command"),
+        "processor": dig(summary, "provenance.machine.processor"),
     }
     record.update({f"config.{k}": v for k, v in flatten(config).items()})
     return record

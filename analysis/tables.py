@@ -16,7 +16,10 @@ Our cell, from the matched runs:
   several completed runs  mean ± std of their test accuracies over runs (seeds), std with ddof=1
   one completed run       its test accuracy ± its std over test episodes (ddof=1), as the paper reports
   only collapsed runs     "Collapse"
+  only skipped runs       "needs an accelerator" (the scale's max_population refused it; notes: how to run it)
   no run / only failed    "-", with the reason and the command that produces the runs in the notes
+Where the runs stopped short of the paper's 20,000 episodes (a time budget, a smaller scale), the table
+adds an "Episodes (ours)" column (Table VII: a note per row) and a note on the budget.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from tabulate import tabulate
 from .paper import Entry, config_columns, is_close, paper_text, parse_number
 
 DECIMALS = 3
+PAPER_EPISODES = 200 * 100  # the paper's budget: 200 epochs of 100 episodes
+NEEDS_ACCELERATOR = "needs an accelerator"
 STD_NOTE = (
     "Ours: mean ± std over runs (seeds, ddof=1) where several ran; with one run, its test accuracy ± its "
     "std over test episodes (ddof=1), as the paper reports."
@@ -187,6 +192,8 @@ class Cell:
     completed: int = 0
     collapsed: int = 0
     failed: int = 0
+    skipped: int = 0  # refused by their scale (needs an accelerator)
+    episodes: float | None = None  # mean training episodes the completed runs reached
     notes: tuple[str, ...] = ()
 
 
@@ -209,12 +216,13 @@ def aggregate(matched: pd.DataFrame, command: str) -> Cell:
     status = matched["status"]
     done = matched[(status == "completed") & matched["test_accuracy"].map(_finite)]
     collapsed = int((status == "collapsed").sum())
-    failed = len(matched) - len(done) - collapsed
-    counts = dict(runs=len(matched), completed=len(done), collapsed=collapsed, failed=failed)
+    skipped = int((status == "skipped").sum())
+    failed = len(matched) - len(done) - collapsed - skipped
+    counts = dict(runs=len(matched), completed=len(done), collapsed=collapsed, failed=failed, skipped=skipped)
     notes = []
     if failed:
-        errors = [str(e) for e in matched.loc[~matched.index.isin(done.index) & (status != "collapsed"), "error"]
-                  if isinstance(e, str) and e]
+        lost = ~matched.index.isin(done.index) & ~status.isin(("collapsed", "skipped"))
+        errors = [str(e) for e in matched.loc[lost, "error"] if isinstance(e, str) and e]
         first = f" (first error: {errors[0].splitlines()[0]})" if errors else ""
         notes.append(f"{failed} of {len(matched)} runs failed or have no test accuracy{first}")
     scales = sorted({s for s in matched["scale"] if isinstance(s, str)})
@@ -229,6 +237,10 @@ def aggregate(matched: pd.DataFrame, command: str) -> Cell:
     if done.empty:
         if collapsed:
             return Cell("Collapse", notes=tuple(notes), **counts)
+        if skipped and not failed:
+            reason = next((str(e) for e in matched["error"] if isinstance(e, str) and e), "too large for its scale")
+            return Cell(NEEDS_ACCELERATOR, notes=tuple(notes) + (f"{reason.split(':')[0]}: run `{command}` with "
+                                                                 "scale=paper on an accelerator",), **counts)
         return Cell("-", notes=tuple(notes) + (f"no completed run; rerun `{command}`",), **counts)
     accuracies = done["test_accuracy"].astype(float)
     if len(done) > 1:
@@ -238,7 +250,9 @@ def aggregate(matched: pd.DataFrame, command: str) -> Cell:
     text = f"{fmt(mean)} ± {fmt(std)}" if math.isfinite(std) else fmt(mean)
     if collapsed:
         text += f" ({collapsed} of {len(done) + collapsed} collapsed)"
-    return Cell(text, mean=mean, std=std if math.isfinite(std) else None, notes=tuple(notes), **counts)
+    episodes = done["episodes"].astype(float).mean() if "episodes" in done.columns else math.nan
+    return Cell(text, mean=mean, std=std if math.isfinite(std) else None, notes=tuple(notes),
+                episodes=float(episodes) if math.isfinite(episodes) else None, **counts)
 
 
 # --- a whole table --------------------------------------------------------------------------------
@@ -275,7 +289,7 @@ def build_table(spec: TableSpec, entry: Entry, paper: pd.DataFrame, runs: pd.Dat
     long["ours"] = [c.text for c in cells]
     long["ours_mean"] = [c.mean for c in cells]
     long["ours_std"] = [c.std for c in cells]
-    for name in ("runs", "completed", "collapsed", "failed"):
+    for name in ("runs", "completed", "collapsed", "failed", "skipped", "episodes"):
         long[name] = [getattr(c, name) for c in cells]
     long["notes"] = ["; ".join(c.notes) for c in cells]
 
@@ -288,9 +302,15 @@ def build_table(spec: TableSpec, entry: Entry, paper: pd.DataFrame, runs: pd.Dat
     for (_, row), cell in zip(paper.iterrows(), cells):
         if cell.runs:
             notes.extend(f"{_row_label(spec, row)}: {note}." for note in cell.notes)
+    short = any(c.episodes is not None and c.episodes < PAPER_EPISODES for c in cells)
+    if short and spec.pivot is not None:
+        notes.extend(f"{_row_label(spec, row)}: {c.episodes:.0f} episodes of the paper's {PAPER_EPISODES:,}."
+                     for (_, row), c in zip(paper.iterrows(), cells) if c.episodes is not None)
     if any((m["scale"] == "smoke").any() for m in matched if not m.empty):
         notes.append("Some runs are smoke-scale (scale=smoke: a few episodes): not comparable to the paper's numbers.")
     used = pd.concat([m for m in matched if not m.empty]) if any(not m.empty for m in matched) else None
+    if used is not None and short:
+        notes.append(budget_note(used))
     if used is not None:
         counts = used["test_protocol"].fillna("unknown").value_counts()
         notes.append("Test batch norm (model.norm_stats): " + "; ".join(
@@ -298,20 +318,34 @@ def build_table(spec: TableSpec, entry: Entry, paper: pd.DataFrame, runs: pd.Dat
         ) + ".")
 
     if spec.pivot is None:
-        layout = _flat_layout(spec, paper, cells)
+        layout = _flat_layout(spec, paper, cells, episodes=short)
     else:
         layout = _pivot_layout(spec, paper, cells)
     layout.columns = [c.header for c in spec.columns] + list(layout.columns[len(spec.columns):])
     return BuiltTable(spec, entry, layout, long, notes)
 
 
-def _flat_layout(spec: TableSpec, paper: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
+def budget_note(used: pd.DataFrame) -> str:
+    """What budget the completed runs trained under: episodes reached of the paper's, the time budget, the scale."""
+    done = used[used["status"] == "completed"]
+    episodes = done["episodes"].dropna().astype(float)
+    reached = f"{episodes.min():.0f}" if episodes.min() == episodes.max() else f"{episodes.min():.0f}-{episodes.max():.0f}"
+    budgets = sorted({f"{m:g} {clock or 'wall'}-clock minutes" for m, clock in zip(done["max_minutes"], done["budget_clock"])
+                      if isinstance(m, (int, float)) and math.isfinite(m) and m > 0})
+    scales = ", ".join(sorted({s for s in done["scale"] if isinstance(s, str)}))
+    return (f"Budget: the runs reached {reached} training episodes of the paper's {PAPER_EPISODES:,}"
+            + (f", under a time budget of {' / '.join(budgets)} per run" if budgets else "")
+            + (f" (scale={scales})" if scales else "") + ": accuracies below the paper's may be the budget's.")
+
+
+def _flat_layout(spec: TableSpec, paper: pd.DataFrame, cells: list[Cell], episodes: bool = False) -> pd.DataFrame:
     rows = []
     for (_, row), cell in zip(paper.iterrows(), cells):
         config = [display_value(c, str(row[c.key])) for c in spec.columns]
-        rows.append(config + [cell.text, paper_text(row), str(cell.runs)])
+        reached = ["" if cell.episodes is None else f"{cell.episodes:.0f}"] if episodes else []
+        rows.append(config + [cell.text, *reached, paper_text(row), str(cell.runs)])
     return pd.DataFrame(rows, columns=[c.key for c in spec.columns]
-                        + ["Accuracy (ours)", "Accuracy (paper)", "Runs"])
+                        + ["Accuracy (ours)", *(["Episodes (ours)"] if episodes else []), "Accuracy (paper)", "Runs"])
 
 
 def _pivot_layout(spec: TableSpec, paper: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:

@@ -62,6 +62,13 @@ def test_tiny_run_writes_a_complete_sane_summary(tiny_run):
     assert s["config"]["model"]["channels"] == 8 and s["config"]["task"]["test_shot"] == 1
     assert s["versions"]["jax"] and s["backend"] == "cpu" and s["wall_time_s"] > 0
     assert "model.channels=8" in s["overrides"]
+    # What produced it: the command line, the commit of the checkout esmeta runs from, the machine.
+    p = s["provenance"]
+    assert p["command"].split()[1:3] == ["-m", "esmeta.run"] and "model.channels=8" in p["command"].split()
+    head = subprocess.run(["git", "-C", str(Path(esmeta.__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    assert p["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert p["machine"]["cores"] >= 1 and p["machine"]["processor"]
 
 
 def test_tiny_run_logs_one_line_per_epoch(tiny_run):

@@ -27,6 +27,7 @@ def run_config(
     seed: int = 0,
     scale: str = "paper",
     norm_stats: str = "episode",
+    max_minutes: float = 0,
 ) -> dict[str, Any]:
     """The nested requested config a run records (esmeta.config.Config.to_dict's shape)."""
     return {
@@ -38,7 +39,8 @@ def run_config(
         "model": {"channels": channels, "norm_stats": norm_stats},
         "distance": {"name": distance, "scale": 1.0},
         "data": {"root": None, "image_size": 32, "split": "paper", "split_seed": 0, "resize_filter": "antialias"},
-        "train": {"epochs": 200, "episodes_per_epoch": 100, "max_minutes": 0},
+        "train": {"epochs": 200, "episodes_per_epoch": 100, "max_minutes": max_minutes,
+                  **({"budget_clock": "cpu"} if max_minutes else {})},
         "eval": {"val_episodes": 1, "test_episodes": 200, "seed": 2021},
         "estimator": {"name": estimator, "optimizer": "sgd", "pop_per_shard": pop_per_shard, "fd_sigma": 0.001,
                       "central": False, "antithetic": False},
@@ -60,6 +62,7 @@ def write_run(
     sweep: str | None = None,
     val_curve: list[float] | None = None,
     finished_at: str | None = None,
+    episodes: int = 20000,
     **config_kwargs: Any,
 ) -> Path:
     """One run directory under `root/name` in the results format; returns its path."""
@@ -75,6 +78,10 @@ def write_run(
     if status == "failed":
         summary: dict[str, Any] = {"status": "failed", "error": "RuntimeError: out of memory\ntraceback...",
                                    "config": config}
+    elif status == "skipped":  # what esmeta.run records for a job its scale refuses
+        summary = {"status": "skipped", "config": config, "scale": scale,
+                   "error": f"population {pop * shards} ({pop} per shard x {shards} shards) exceeds scale={scale}'s "
+                            "max_population 4096: this configuration needs an accelerator; run it there"}
     else:
         summary = {
             "status": status,
@@ -84,8 +91,8 @@ def write_run(
             "test_episodes": 200,
             "best_val_accuracy": max(val_curve) if val_curve else None,
             "final_val_accuracy": val_curve[-1] if val_curve else None,
-            "episodes": 20000,
-            "stopped_by_budget": False,
+            "episodes": episodes,
+            "stopped_by_budget": episodes < 20000,
             "wall_time_s": 12.5,
             "num_params": 7248,
             "estimator": estimator,

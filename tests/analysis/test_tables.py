@@ -297,3 +297,35 @@ def test_cli_unwritable_out_is_one_line_exit_2_before_printing(results_dir: Path
     lines = [x for x in done.stderr.splitlines() if x.strip() and "skipped" not in x]
     assert len(lines) == 1 and lines[0].startswith("make_tables: error: ") and "--out" in lines[0], done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_a_row_its_scale_refused_reads_needs_an_accelerator_with_the_command(results_dir: Path, make_run,
+                                                                             manifest) -> None:
+    make_run("v3-256", estimator="finite_diff", distance="cosine", alpha=1e-2, hardware="tpu-v3-256",
+             pop_per_shard=64, train_way=20, scale="cpu", status="skipped")
+    built = table("table7", results_dir, manifest)
+    row = built.long[(built.long["tpu"] == "v3-256") & (built.long["learning_rate"] == "1e-2")].iloc[0]
+    assert row["ours"] == "needs an accelerator" and (row["runs"], row["skipped"], row["failed"]) == (1, 1, 0)
+    assert "population 16384" in row["notes"] and "scale=paper on an accelerator" in row["notes"]
+    assert "run `python -m esmeta.run sweep=my_table7` with scale=paper" in "\n".join(built.notes)
+
+
+def test_a_budget_short_of_the_papers_episodes_is_a_column_and_a_note(results_dir: Path, make_run,
+                                                                      manifest) -> None:
+    table2_runs(make_run)
+    built = table("table2", results_dir, manifest)
+    assert "Episodes (ours)" not in built.layout.columns  # the paper's 20,000 reached: no budget to state
+    make_run("short", alpha=10, sigma=0.1, seed=0, accuracy=0.8, episodes=140, scale="cpu", max_minutes=6)
+    make_run("short1", alpha=10, sigma=0.1, seed=1, accuracy=0.82, episodes=160, scale="cpu", max_minutes=6)
+    built = table("table2", results_dir, manifest)
+    assert list(built.layout["Episodes (ours)"]) == ["20000", "20000", "150", ""]
+    assert built.long.set_index("row").loc[3, "episodes"] == 150
+    note = next(n for n in built.notes if n.startswith("Budget:"))
+    assert "140-20000 training episodes of the paper's 20,000" in note
+    assert "under a time budget of 6 cpu-clock minutes per run" in note and "scale=cpu" in note
+
+
+def test_table7_states_each_rows_episodes_in_the_notes(results_dir: Path, make_run, manifest) -> None:
+    make_run("fd", estimator="finite_diff", distance="cosine", alpha=5e-3, accuracy=0.9, episodes=120)
+    built = table("table7", results_dir, manifest)
+    assert "TPU v3-8, Total pop. 1024, Way 10, Learning Rate 5E-03: 120 episodes of the paper's 20,000." in built.notes

@@ -1,0 +1,74 @@
+"""The results archive: only a run's small files travel, and the committed tables are what make_tables
+rebuilds from the committed summaries (so the two can never drift apart)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esmeta.analysis import archive
+
+REPO = Path(__file__).resolve().parents[2]
+ARCHIVE = Path("results") / "cpu"  # relative: the tables name their source as the archive tool was given it
+
+
+def test_archive_copies_summary_metrics_and_done_only_then_rebuilds(results_dir: Path, make_run, tmp_path: Path,
+                                                                   capsys) -> None:
+    run = make_run("table2/0_point=table2-a1-s0.01", alpha=1, sigma=0.01, val_curve=[0.5, 0.7])
+    (run / "params.msgpack").write_bytes(b"\0" * 64)
+    (run / "checkpoint.msgpack").write_bytes(b"\0" * 64)
+    (run / "wandb").mkdir()
+    (run / "wandb" / "run.wandb").write_bytes(b"x")
+    make_run("table2/1_unfinished", alpha=10, sigma=0.1, done=False)
+    out = tmp_path / "archive"
+    assert archive.main(["--results", str(results_dir), "--out", str(out)]) == 0
+    copied = out / "table2" / "0_point=table2-a1-s0.01"
+    assert sorted(p.name for p in copied.iterdir()) == ["done", "metrics.jsonl", "summary.json"]
+    assert (copied / "summary.json").read_bytes() == (run / "summary.json").read_bytes()
+    assert not (out / "table2" / "1_unfinished").exists()  # incomplete runs are not archived
+    assert (out / "tables" / "table2.md").is_file() and (out / "figures" / "figure5.png").is_file()
+    assert "0.900 ± 0.010" in (out / "tables" / "table2.md").read_text()
+    assert "archived 1 run into" in capsys.readouterr().err
+
+
+def test_archive_of_nothing_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert archive.main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().startswith("archive: error: no complete runs in")
+    assert not (tmp_path / "out" / "tables").exists()
+
+
+def archived_runs() -> list[Path]:
+    return sorted(p.parent for p in (REPO / ARCHIVE).rglob("done"))
+
+
+@pytest.mark.skipif(not (REPO / ARCHIVE).is_dir(), reason="no results archive in this checkout")
+def test_committed_archive_tables_are_what_make_tables_rebuilds(tmp_path: Path) -> None:
+    out = tmp_path / "tables"
+    proc = subprocess.run([sys.executable, "analysis/make_tables.py", "--results", str(ARCHIVE), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    committed = REPO / ARCHIVE / "tables"
+    names = sorted(p.name for p in committed.iterdir())
+    assert names == sorted(p.name for p in out.iterdir()) and "table2.md" in names
+    for name in names:
+        assert (out / name).read_text() == (committed / name).read_text(), f"{committed / name} is stale: rerun " \
+            f"python analysis/archive.py (or make_tables --results {ARCHIVE} --out {ARCHIVE}/tables)"
+
+
+@pytest.mark.skipif(not (REPO / ARCHIVE).is_dir(), reason="no results archive in this checkout")
+def test_every_archived_run_names_what_produced_it_and_holds_no_large_files() -> None:
+    runs = archived_runs()
+    assert runs
+    for run in runs:
+        assert {p.name for p in run.iterdir()} <= {"done", "summary.json", "metrics.jsonl"}, run
+        summary = json.loads((run / "summary.json").read_text())
+        provenance = summary["provenance"]
+        assert len(provenance["commit"]) == 40 and provenance["dirty"] is False, run  # committed code only
+        assert provenance["command"].split()[1:3] == ["-m", "esmeta.run"] and "scale=cpu" in provenance["command"]
+        assert summary["config"]["scale"]["name"] == "cpu"
+        assert summary["status"] in ("completed", "collapsed", "skipped"), run
