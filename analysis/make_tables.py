@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script (`python analysis/make_tables.p
 from . import cli  # noqa: E402
 from .memory import memory_table, render_memory_latex, render_memory_markdown  # noqa: E402
 from .paper import TABLE_KEYS, load_paper_table  # noqa: E402
-from .tables import SPECS, build_table, render_latex, render_markdown  # noqa: E402
+from .tables import SPECS, build_table, render_latex, render_markdown, unplaced_runs  # noqa: E402
 
 PROG = "make_tables"
 NAMES = (*TABLE_KEYS, "memory")
@@ -42,20 +42,32 @@ def run(argv: list[str] | None) -> int:
     out = cli.out_dir(args, "tables")  # checked before anything is printed or written
 
     documents: dict[str, tuple[str, str, object]] = {}  # name -> (markdown, latex, csv frame)
+    built_tables = []
     for key in names:
         if key == "memory":
             table = memory_table(load_paper_table(entries["table3"]))
             documents[key] = (render_memory_markdown(table), render_memory_latex(table), table)
         else:
-            built = build_table(SPECS[key], entries[key], load_paper_table(entries[key]), results.runs)
+            paper = load_paper_table(entries[key])
+            built = build_table(SPECS[key], entries[key], paper, results.runs)
+            built_tables.append((SPECS[key], paper))
             documents[key] = (render_markdown(built), render_latex(built), built.long)
+    unplaced = unplaced_runs(results.runs, built_tables)
 
     header = f"# Tables\n\n{cli.describe(results)}.\n"
     skipped = "".join(f"- {s}\n" for s in results.skipped)
     full = "\n".join([header] + [doc[0] for doc in documents.values()])
+    if unplaced:
+        which = "the tables built here" if args.only else "any table"
+        full += (f"\n## Runs not placed in {which} ({len(unplaced)})\n\nTheir requested configuration matches no "
+                 "paper row; each line names the nearest row and the settings that differ.\n\n"
+                 + "".join(f"- {line}\n" for line in unplaced))
     if skipped:
         full += f"\n## Skipped runs (no `done` marker or unreadable)\n\n{skipped}"
     print(full, end="")
+    if unplaced:
+        print(f"{PROG}: {cli.count(len(unplaced), 'run')} placed in no table (listed under 'Runs not placed')",
+              file=sys.stderr)
 
     files: dict = {}
     for key, (markdown, latex, frame) in documents.items():

@@ -132,11 +132,9 @@ def display_value(column: Column, text: str) -> str:
 # --- matching -------------------------------------------------------------------------------------
 
 
-def match_runs(runs: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
-    """The runs whose requested configuration matches every non-empty configuration cell of `paper_row`."""
-    if runs.empty:
-        return runs
-    mask = pd.Series(True, index=runs.index)
+def column_matches(runs: pd.DataFrame, paper_row: pd.Series) -> dict[str, pd.Series]:
+    """For each non-empty configuration cell of `paper_row`: which runs agree with it (a boolean Series)."""
+    masks = {}
     for column in config_columns(paper_row.to_frame().T):
         text = str(paper_row[column]).strip()
         if not text:
@@ -146,13 +144,60 @@ def match_runs(runs: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
         target, kind = MATCH[column]
         values = runs[target] if target in runs.columns else pd.Series(None, index=runs.index, dtype=object)
         if kind == "tpu":
-            mask &= values == f"tpu-{text}"
+            masks[column] = values == f"tpu-{text}"
         elif kind == "text":
-            mask &= values == text
+            masks[column] = values == text
         else:
             expected = parse_number(text)
-            mask &= values.map(lambda v, e=expected: _finite(v) and is_close(float(v), e))
+            masks[column] = values.map(lambda v, e=expected: _finite(v) and is_close(float(v), e)).astype(bool)
+    return masks
+
+
+def match_runs(runs: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
+    """The runs whose requested configuration matches every non-empty configuration cell of `paper_row`."""
+    if runs.empty:
+        return runs
+    mask = pd.Series(True, index=runs.index)
+    for agrees in column_matches(runs, paper_row).values():
+        mask &= agrees
     return runs[mask.astype(bool)]
+
+
+def unplaced_runs(runs: pd.DataFrame, tables: list[tuple[TableSpec, pd.DataFrame]]) -> list[str]:
+    """A line for every run that matches no row of `tables`: the nearest row and the settings that differ."""
+    if runs.empty:
+        return []
+    placed = pd.Series(False, index=runs.index)
+    differ: dict[int, tuple[int, str]] = {}  # run index -> (settings that differ, text) for its nearest row
+    for spec, paper in tables:
+        for number, (_, row) in enumerate(paper.iterrows(), start=1):
+            masks = column_matches(runs, row)
+            agrees = pd.Series(True, index=runs.index)
+            for mask in masks.values():
+                agrees &= mask
+            placed |= agrees
+            for i in runs.index[~agrees.astype(bool)]:
+                wrong = [c for c, mask in masks.items() if not mask[i]]
+                if i not in differ or len(wrong) < differ[i][0]:
+                    shown = ", ".join(f"{c} {_run_value(runs.loc[i], c)} (row: {row[c]})" for c in wrong)
+                    differ[i] = (len(wrong), f"nearest Table {spec.numeral} row {number}: {shown}")
+    lines = []
+    for i in runs.index[~placed.astype(bool)]:
+        reason = differ[i][1] if i in differ else "no table was built"
+        lines.append(f"{runs.loc[i, 'run_id']} ({runs.loc[i, 'status']}): {reason}")
+    return lines
+
+
+def _run_value(run: pd.Series, column: str) -> str:
+    """A run's value for a paper column, as the paper would write it."""
+    target, kind = MATCH[column]
+    value = run.get(target)
+    if kind == "tpu":
+        return str(value)[len("tpu-"):] if isinstance(value, str) and value.startswith("tpu-") else str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:g}" \
+        if isinstance(value, float) else str(value)
 
 
 def latest_per_seed(matched: pd.DataFrame) -> tuple[pd.DataFrame, int]:

@@ -329,3 +329,19 @@ def test_table7_states_each_rows_episodes_in_the_notes(results_dir: Path, make_r
     make_run("fd", estimator="finite_diff", distance="cosine", alpha=5e-3, accuracy=0.9, episodes=120)
     built = table("table7", results_dir, manifest)
     assert "TPU v3-8, Total pop. 1024, Way 10, Learning Rate 5E-03: 120 episodes of the paper's 20,000." in built.notes
+
+
+def test_cli_lists_every_run_it_could_not_place_with_the_settings_that_differ(results_dir: Path, make_run,
+                                                                              tmp_path: Path) -> None:
+    make_run("placed", alpha=1, sigma=0.01)  # Table II row 2 (and Table III's)
+    make_run("on_gpus", alpha=1, sigma=0.01, hardware="gpu", pop_per_shard=1024)  # the preset replaced by `gpu`
+    make_run("odd_alpha", alpha=3, sigma=0.01)
+    proc = subprocess.run([sys.executable, str(MAKE_TABLES), "--results", str(results_dir), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    section = proc.stdout.split("## Runs not placed in any table (2)", 1)[1]
+    lines = [line for line in section.splitlines() if line.startswith("- ")]
+    assert lines[0].startswith("- odd_alpha (completed): nearest Table ") and "alpha 3 (row: 1)" in lines[0]
+    assert lines[1].startswith("- on_gpus (completed): nearest Table ") and "tpu gpu (row: v3-8)" in lines[1]
+    assert "placed (" not in section
+    assert "2 runs placed in no table" in proc.stderr
