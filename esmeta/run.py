@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -110,38 +111,117 @@ def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Co
 
 def plan_command(overrides: Sequence[str], multirun: bool = False) -> tuple[list[Config], Path, bool]:
     """(every configuration, the run or sweep directory, multirun?) of a command, all checked, nothing written."""
+    plan = plan_jobs(overrides, multirun)
+    return [job.config for job in plan.jobs], plan.out, plan.multirun
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of a command: its overrides (as Hydra passes them), its checked config, where it writes."""
+
+    number: int
+    overrides: tuple[str, ...]  # the job's own (task) overrides, hydra.* settings left out
+    config: Config
+    directory: Path
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command will run. `complete`: every job is listed (else, past sweeps.PRODUCT_LIMIT jobs, each
+    value of each swept key once: the first values, then one change at a time)."""
+
+    jobs: list[Job]
+    out: Path
+    multirun: bool
+    complete: bool
+    total: int  # jobs the command launches
+
+
+def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
+    """Every job a command means (see esmeta.sweeps), each composed and validated; nothing is written."""
     from hydra import compose, initialize_config_module
+    from hydra._internal.config_loader_impl import get_overrides_dirname  # the job directory's name, as Hydra's
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     from esmeta.results import ensure_writable_dir
+    from esmeta.sweeps import PRODUCT_LIMIT, job_overrides, product_size
 
-    def compose_one(variant: list[str]) -> DictConfig:
+    def compose_one(variant: Sequence[str]) -> DictConfig:
         try:
-            return compose(CONFIG_NAME, overrides=variant, return_hydra_config=True)
+            return compose(CONFIG_NAME, overrides=list(variant), return_hydra_config=True)
         except Exception as e:  # Hydra composition errors and OmegaConf errors (bad keys, types)
             raise ConfigError(_hydra_error_message(e)) from None
 
-    configs = []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         group_options = lambda group: sorted(loader.get_group_options(group))  # noqa: E731
+        parser = OverridesParser.create(config_loader=loader)
         try:
             variants = _override_variants(overrides, group_options)
             base = compose_one(variants[0])
-            stored = _stored_sweep(base, overrides)
-            if stored:  # sweep=NAME: its grid's values are checked like the command line's
-                variants = _override_variants([*overrides, *stored], group_options)
+            multirun = multirun or str(base.hydra.get("mode")).endswith("MULTIRUN")  # a stored sweep sets it
+            stored = dict(base.hydra.get("sweeper", {}).get("params") or {}) if multirun else {}
+            total = product_size(overrides, stored, loader) if multirun else 1
+            complete = total <= PRODUCT_LIMIT
+            if not multirun:
+                variants = [list(overrides)]
+            elif complete:  # the whole product, in launch order
+                variants = job_overrides(overrides, stored, loader)
+            elif stored:  # too many to list: each value of the stored grid and of the command line once
+                variants = _override_variants([*overrides, *_stored_sweep(base, overrides)], group_options)
+            parsed = [parser.parse_overrides(list(v)) for v in variants]
         except OverrideParseException as e:
             raise ConfigError(f"cannot parse the overrides: {_first_line(e)}") from None
-        for variant in variants:
-            cfg = compose_one(variant)
-            multirun = multirun or str(cfg.hydra.get("mode")).endswith("MULTIRUN")  # a stored sweep sets it
-            out = _output_dir(cfg.hydra, multirun)
-            job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-            configs.append(config_from_omegaconf(job))
+        out = _output_dir(base.hydra, multirun)
+        dirname = base.hydra.job.config.override_dirname
+        compose_cached = _cached_compose(compose_one, loader)
+        jobs = []
+        for number, job_parsed in enumerate(parsed):
+            variant = [o.input_line for o in job_parsed if not o.is_hydra_override()]  # the job's task overrides
+            try:
+                cfg = compose_cached(job_parsed)
+                config = config_from_omegaconf(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+            except ConfigError as e:
+                if not multirun:
+                    raise
+                raise ConfigError(f"job {number} ({' '.join(variant)}): {e}") from None
+            if multirun:
+                name = get_overrides_dirname([o for o in job_parsed if not o.is_hydra_override()],
+                                             list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep)
+                directory = out / f"{number}_{name}" if complete else out
+            else:
+                directory = out
+            jobs.append(Job(number, tuple(variant), config, directory))
     ensure_writable_dir(out, "hydra.sweep.dir" if multirun else "hydra.run.dir", create=False)
-    return configs, out, multirun
+    return Plan(jobs, out, multirun, complete, total)
+
+
+def _cached_compose(compose_one: Any, loader: Any) -> Any:
+    """Compose a job's config, once per distinct set of config-group choices: a job that differs only in plain
+    values (alpha=1,2,3) is that composition with its values set, as Hydra sets them after the defaults."""
+    cache: dict[tuple[str, ...], DictConfig] = {}
+
+    def is_plain_value(o: Any) -> bool:
+        key = o.key_or_group
+        return (o.package is None and not o.is_add() and not o.is_delete() and not o.is_force_add()
+                and not o.is_hydra_override() and not loader.get_group_options(key.replace(".", "/")))
+
+    def compose_job(parsed: list[Any]) -> DictConfig:
+        values = [o for o in parsed if is_plain_value(o)]
+        structural = tuple(o.input_line for o in parsed if not is_plain_value(o))
+        if structural not in cache:
+            cache[structural] = compose_one(structural)
+        cfg = cache[structural].copy()
+        for o in values:
+            try:
+                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
+            except Exception as e:  # an unknown key (struct mode) or a value of the wrong type
+                raise ConfigError(_hydra_error_message(e)) from None
+        return cfg
+
+    return compose_job
 
 
 JOB_FAILED = "failed"  # what a multirun job returns when it failed (recorded in its summary, counted at the end)
@@ -231,6 +311,39 @@ def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any
     return JOB_FAILED
 
 
+def dry_run(overrides: Sequence[str], multirun: bool = False) -> str:
+    """What a command would run, job by job: its overrides, where it writes and how its configuration differs
+    from the defaults. Everything is checked as before a real launch; nothing runs and nothing is written."""
+    plan = plan_jobs(overrides, multirun)
+    defaults = _flat(plan_jobs([]).jobs[0].config.to_dict())
+    what = "job" if plan.total == 1 else "jobs"
+    lines = [f"dry run: {plan.total} {what} -> {plan.out} (nothing runs, nothing is written)"]
+    if not plan.complete:
+        lines.append(f"  more than {_limit()} jobs: each value of each swept key is shown (and was checked) once")
+    for job in plan.jobs:
+        differ = " ".join(f"{k}={v}" for k, v in _flat(job.config.to_dict()).items() if defaults.get(k) != v)
+        lines.append(f"#{job.number} {' '.join(job.overrides) or '(no overrides)'}")
+        lines.append(f"    writes to {job.directory}")
+        lines.append(f"    differs from the defaults: {differ or 'nothing'}")
+    return "\n".join(lines)
+
+
+def _limit() -> int:
+    from esmeta.sweeps import PRODUCT_LIMIT
+
+    return PRODUCT_LIMIT
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
     """(overrides, multirun?, other flags?) from the command line.
 
@@ -244,6 +357,13 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--dry-run" in argv:  # list the jobs, run none
+        overrides, multirun, _ = _split_argv([a for a in argv if a != "--dry-run"])
+        try:
+            print(dry_run(overrides, multirun))
+        except EsmetaError as e:
+            fail(str(e))
+        return
     overrides, multirun, passthrough = _split_argv(argv)
     lock = None
     if not passthrough:
