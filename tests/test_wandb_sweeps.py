@@ -84,11 +84,30 @@ def test_generator_writes_and_checks_files(tmp_path: Path, capsys: pytest.Captur
     assert "out of date" in capsys.readouterr().err
 
 
+def test_a_variant_gives_every_job_the_extra_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "wandb_smoke"
+    assert main(["table2", "--extra", "scale=smoke", "--extra", "seed=3", "--out", str(out)]) == 0
+    text = (out / "table2.yaml").read_text()
+    assert f"--extra scale=smoke --extra seed=3 --out {out}" in text.splitlines()[0]
+    sweep = yaml.safe_load(text)
+    assert sweep["name"] == "table2 scale=smoke seed=3"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_SWEEP_ID", "s")
+    monkeypatch.setenv("WANDB_RUN_ID", "r")
+    (config,), _, multirun = plan_command(agent_overrides(sweep, {"point": "table2-a10-s0.1"}))
+    assert not multirun and (config.alpha, config.seed, config.scale.name, config.train.epochs) == (10, 3, "smoke", 2)
+    assert main(["--out", str(out), "--check", "--extra", "scale=smoke", "--extra", "seed=3", "table2"]) == 0
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["tabel2"], "sweep 'tabel2' is not a stored sweep; choose one of: figure1,"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["table2", "--extra", "scale"], "--extra 'scale' is not KEY=VALUE"),
+        (["table2", "--extra", "scale=bogus"], "scale=bogus is not an option; choose one of: cpu, paper, smoke"),
+        (["table2", "--extra", "seed=0,1"], "--extra seed=0,1 sweeps values; a W&B grid takes only fixed settings"),
+        (["table2", "--extra", "sweep=table3"], "the generated command sets sweep itself"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]):

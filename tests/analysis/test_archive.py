@@ -72,3 +72,22 @@ def test_every_archived_run_names_what_produced_it_and_holds_no_large_files() ->
         assert provenance["command"].split()[1:3] == ["-m", "esmeta.run"] and "scale=cpu" in provenance["command"]
         assert summary["config"]["scale"]["name"] == "cpu"
         assert summary["status"] in ("completed", "collapsed", "skipped"), run
+
+
+def layout_table(markdown: str) -> str:
+    """The pipe table of a rendered table file (its first block of `|` lines)."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+@pytest.mark.skipif(not (REPO / ARCHIVE).is_dir(), reason="no results archive in this checkout")
+@pytest.mark.parametrize("name", ["table1", "table2", "table7"])
+def test_the_readme_reproduction_section_shows_the_archived_tables(name: str) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Reproduction", 1)[1].split("\n## ", 1)[0]
+    assert layout_table((REPO / ARCHIVE / "tables" / f"{name}.md").read_text()) in section, \
+        f"README's Reproduction section does not show the archived {name}: paste results/cpu/tables/{name}.md's table"
+    for figure in ("figure3.png", "figure5.png"):
+        assert f"results/cpu/figures/{figure}" in section and (REPO / ARCHIVE / "figures" / figure).is_file()
