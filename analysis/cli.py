@@ -44,6 +44,8 @@ def build_parser(prog: str, description: str, out_name: str, only: Sequence[str]
                              "W&B's public API, full histories)")
     parser.add_argument("--entity", help="W&B entity (user or team), for --source wandb")
     parser.add_argument("--project", help="W&B project, for --source wandb")
+    parser.add_argument("--group", help="only the runs of this W&B group (a sweep's: its name is in each run's "
+                                        "group column), for --source wandb")
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"only these ({', '.join(only)})")
     parser.add_argument("--manifest", type=Path, metavar="FILE",
                         help="sweep manifest (default: sweeps/manifest.yaml; built-in defaults without it)")
@@ -63,6 +65,8 @@ def check_args(args: argparse.Namespace, only: Sequence[str]) -> None:
         lacking = [flag for flag, value in (("--entity", args.entity), ("--project", args.project)) if not value]
         if lacking:
             raise UsageError(f"--source wandb needs {' and '.join(lacking)}")
+    if args.group and args.source != "wandb":
+        raise UsageError("--group filters W&B runs: it goes with --source wandb")
     unknown = [name for name in args.only or [] if name not in only]
     if unknown:
         raise UsageError(f"--only {' '.join(unknown)}: unknown; choose from {', '.join(only)}")
@@ -108,15 +112,16 @@ def write_outputs(out: Path, files: dict[str, Callable[[Path], object]]) -> None
         raise UsageError(f"cannot write {path} ({e.strerror or e}); pass --out <a writable directory>") from None
 
 
-def load_source(args: argparse.Namespace) -> Results:
-    """The runs of the chosen source; no complete run at all is a usage error."""
+def load_source(args: argparse.Namespace, history_keys: tuple[str, ...] | None = None) -> Results:
+    """The runs of the chosen source (from W&B, only the history columns `history_keys`); no complete run at all
+    is a usage error."""
     if args.source == "local":
         results = load_results(args.results)
     else:
         from .wandb_source import load_wandb
 
         try:
-            results = load_wandb(args.entity, args.project)
+            results = load_wandb(args.entity, args.project, group=args.group, history_keys=history_keys)
         except Exception as e:  # network, auth, unknown project: report, never a traceback
             raise UsageError(f"could not read W&B project {args.entity}/{args.project}: "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
@@ -148,14 +153,16 @@ def report_skipped(prog: str, results: Results) -> None:
 
 
 def prepare(
-    prog: str, description: str, out_name: str, only: Sequence[str], argv: list[str] | None
+    prog: str, description: str, out_name: str, only: Sequence[str], argv: list[str] | None,
+    history_keys: tuple[str, ...] | None = None,
 ) -> tuple[argparse.Namespace, dict[str, Entry], Results]:
-    """What both scripts do first: parse and check the arguments, read the manifest, load the runs and
-    list the skipped ones on stderr. Returns (args, manifest entries, results)."""
+    """What both scripts do first: parse and check the arguments, read the manifest, load the runs (with the
+    history columns `history_keys`, for W&B) and list the skipped ones on stderr. Returns (args, manifest
+    entries, results)."""
     args = build_parser(prog, description, out_name, only).parse_args(argv)
     check_args(args, only)
     entries = manifest(args.manifest)
-    results = load_source(args)
+    results = load_source(args, history_keys)
     report_skipped(prog, results)
     return args, entries, results
 

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script (`python analysis/make_figures.
 
 from . import cli  # noqa: E402
 from .figures import SPECS, make_figures  # noqa: E402
+from .wandb_source import FIGURE_KEYS  # noqa: E402
 
 PROG = "make_figures"
 NAMES = tuple(SPECS)
@@ -35,7 +36,7 @@ DESCRIPTION = (
 
 
 def run(argv: list[str] | None) -> int:
-    args, entries, results = cli.prepare(PROG, DESCRIPTION, "figures", NAMES, argv)
+    args, entries, results = cli.prepare(PROG, DESCRIPTION, "figures", NAMES, argv, history_keys=FIGURE_KEYS)
     print(f"{cli.describe(results)}.")
     for outcome in make_figures(results, entries, cli.out_dir(args, "figures"), list(args.only or NAMES)):
         print(outcome.report(entries[outcome.key].command))

@@ -37,7 +37,7 @@ DESCRIPTION = (
 
 
 def run(argv: list[str] | None) -> int:
-    args, entries, results = cli.prepare(PROG, DESCRIPTION, "tables", NAMES, argv)
+    args, entries, results = cli.prepare(PROG, DESCRIPTION, "tables", NAMES, argv, history_keys=())  # summaries only
     names = args.only or list(NAMES)
     out = cli.out_dir(args, "tables")  # checked before anything is printed or written
 

@@ -11,6 +11,10 @@ Per-epoch curves are the history rows that carry both `epoch` and `val/accuracy`
 lack the validation accuracy). esmeta logs an epoch's means as `epoch/<namespace>_<name>` (so they
 do not overwrite the last step's own values, which share the row); they are renamed back to the
 names of `metrics.jsonl` (`epoch/train_loss` -> `train/loss`), so both sources give the same curves.
+
+Only what the caller needs is fetched: `group` filters the runs on the server (a sweep's W&B group),
+and `history_keys` names the history columns to download (`()`: none, as the tables read only summaries;
+the figures ask for `FIGURE_KEYS`; `None`: every column of every step).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Protocol
 from .load import Results, Skipped, assemble, curve_records, run_record
 
 CURVE_KEYS = ("epoch", "val/accuracy")
+FIGURE_KEYS = ("epoch", "episode", "val/accuracy")  # what the figures' curves read
 EPOCH_PREFIX = "epoch/"
 
 
@@ -42,7 +47,7 @@ class ApiRun(Protocol):
     config: Mapping[str, Any]
     summary: Any
 
-    def scan_history(self) -> Iterable[Mapping[str, Any]]: ...
+    def scan_history(self, keys: list[str] | None = None) -> Iterable[Mapping[str, Any]]: ...
 
 
 def plain(value: Any) -> Any:
@@ -54,8 +59,8 @@ def plain(value: Any) -> Any:
     return value
 
 
-def load_wandb_runs(runs: Iterable[ApiRun], source: str) -> Results:
-    """`Results` from API run objects (real or recorded)."""
+def load_wandb_runs(runs: Iterable[ApiRun], source: str, history_keys: tuple[str, ...] | None = None) -> Results:
+    """`Results` from API run objects (real or recorded); the history columns `history_keys` (see above)."""
     records, curves, skipped = [], [], []
     for run in runs:
         run_id = str(run.id)
@@ -71,16 +76,23 @@ def load_wandb_runs(runs: Iterable[ApiRun], source: str) -> Results:
         record = run_record(run_id, summary, config)
         record["name"] = run.name
         records.append(record)
-        epochs = [row for row in run.scan_history() if all(row.get(k) is not None for k in CURVE_KEYS)]
+        if history_keys == ():
+            continue
+        # With keys, W&B returns only the rows that hold all of them, and only those columns.
+        rows = run.scan_history() if history_keys is None else run.scan_history(keys=list(history_keys))
+        epochs = [row for row in rows if all(row.get(k) is not None for k in CURVE_KEYS)]
         curves.extend(curve_records(run_id, (epoch_metrics(r) for r in epochs)))
     return assemble(records, curves, skipped, source=source)
 
 
-def load_wandb(entity: str, project: str, api: Any = None) -> Results:
-    """All runs of `entity/project` through `wandb.Api()` (or the given API object)."""
+def load_wandb(entity: str, project: str, api: Any = None, group: str | None = None,
+               history_keys: tuple[str, ...] | None = None) -> Results:
+    """The runs of `entity/project` (of one W&B group, if given) through `wandb.Api()` (or the given API object)."""
     if api is None:
         import wandb  # imported here: the local source must not need it
 
         api = wandb.Api()
     path = f"{entity}/{project}"
-    return load_wandb_runs(api.runs(path), source=f"W&B project {path}")
+    runs = api.runs(path, filters={"group": group}) if group else api.runs(path)
+    source = f"W&B project {path}" + (f", group {group}" if group else "")
+    return load_wandb_runs(runs, source=source, history_keys=history_keys)

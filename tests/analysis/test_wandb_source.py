@@ -50,8 +50,13 @@ class FakeRun:
         if name == "summary":
             return FakeSummary(record["summary"])
         if name == "scan_history":
-            def scan_history(**_: Any) -> Iterator[dict[str, Any]]:
-                yield from record["history"]
+            def scan_history(keys: list[str] | None = None, **_: Any) -> Iterator[dict[str, Any]]:
+                self._touched.add(f"scan_history keys={keys}")
+                for row in record["history"]:  # as W&B: with keys, the rows holding all of them, those columns only
+                    if keys is None:
+                        yield row
+                    elif all(k in row for k in keys):
+                        yield {k: row[k] for k in keys}
             return scan_history
         raise AttributeError(f"the adapter must not read run.{name}")
 
@@ -62,18 +67,22 @@ class FakeApi:
     def __init__(self, touched: set[str] | None = None):
         self.touched = set() if touched is None else touched
         self.paths: list[str] = []
+        self.filters: list[dict[str, Any] | None] = []
         self.doc = json.loads(FIXTURE.read_text())
 
-    def runs(self, path: str, *args: Any, **kwargs: Any) -> list[FakeRun]:
+    def runs(self, path: str, filters: dict[str, Any] | None = None, **kwargs: Any) -> list[FakeRun]:
         self.paths.append(path)
-        return [FakeRun(r, self.touched) for r in self.doc["runs"]]
+        self.filters.append(filters)
+        group = (filters or {}).get("group")
+        return [FakeRun(r, self.touched) for r in self.doc["runs"] if group is None or r.get("group") == group]
 
 
 def test_adapter_reads_only_the_documented_run_attributes() -> None:
     api = FakeApi()
     load_wandb("me", "esmeta", api=api)
     assert api.paths == ["me/esmeta"]
-    assert api.touched <= ALLOWED and {"config", "summary", "scan_history", "state"} <= api.touched
+    touched = {t for t in api.touched if not t.startswith("scan_history keys=")}
+    assert touched <= ALLOWED and {"config", "summary", "scan_history", "state"} <= touched
 
 
 def test_finished_esmeta_runs_become_rows_and_the_rest_are_reported() -> None:
@@ -150,3 +159,35 @@ def test_make_tables_reports_an_unreachable_server_in_one_line(monkeypatch: pyte
     assert err == ("make_tables: error: could not read W&B project me/esmeta: ConnectionError: "
                    "Max retries exceeded with url: /graphql\n")
     assert not (tmp_path / "t").exists()
+
+
+def test_tables_fetch_no_history_figures_only_their_keys_and_group_filters_on_the_server(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from esmeta.analysis import make_figures
+
+    apis: list[FakeApi] = []
+    monkeypatch.setattr(wandb, "Api", lambda *a, **k: apis.append(FakeApi()) or apis[-1])
+    wandb_args = ["--source", "wandb", "--entity", "me", "--project", "esmeta"]
+    assert make_tables.main([*wandb_args, "--only", "table2", "--out", str(tmp_path / "t")]) == 0
+    assert "scan_history" not in apis[-1].touched and apis[-1].filters == [None]  # summaries are enough
+    assert make_figures.main([*wandb_args, "--only", "figure5", "--out", str(tmp_path / "f")]) == 0
+    assert {t for t in apis[-1].touched if t.startswith("scan_history ")} == {
+        "scan_history keys=['epoch', 'episode', 'val/accuracy']"}
+    assert make_tables.main([*wandb_args, "--group", "table2_cpu", "--out", str(tmp_path / "g")]) == 2  # no runs
+    assert apis[-1].filters == [{"group": "table2_cpu"}]
+
+
+def test_figure_keys_give_the_same_validation_curves_as_the_full_history() -> None:
+    from esmeta.analysis.wandb_source import FIGURE_KEYS
+
+    full = load_wandb("me", "esmeta", api=FakeApi()).curves
+    some = load_wandb("me", "esmeta", api=FakeApi(), history_keys=FIGURE_KEYS).curves
+    columns = ["run_id", "epoch", "episode", "val/accuracy"]
+    pd_equal = full[columns].reset_index(drop=True).equals(some[columns].reset_index(drop=True))
+    assert pd_equal and len(some) == len(full) > 0
+
+
+def test_group_without_source_wandb_is_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "r").mkdir()
+    assert make_tables.main(["--results", str(tmp_path / "r"), "--group", "g"]) == 2
+    assert "--group filters W&B runs: it goes with --source wandb" in capsys.readouterr().err
