@@ -1,5 +1,5 @@
-"""Every `python -m esmeta.run` command the README shows composes and validates as written (nothing runs),
-so the README cannot rot; the cluster examples keep each row's logical hardware preset."""
+"""Every `python -m esmeta.run` command the README and docs/ show composes and validates as written (nothing
+runs), so the documentation cannot rot; the cluster examples keep each row's logical hardware preset."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import pytest
 
 from esmeta.run import _split_argv, plan_command
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def readme_commands() -> list[str]:
-    """The README's esmeta.run command lines (in code blocks; continued lines joined, comments dropped)."""
+    """The pages' esmeta.run command lines (in code blocks; continued lines joined, comments dropped)."""
     commands, in_block, pending = [], False, ""
-    for line in README.read_text().splitlines():
+    for line in "\n".join(page.read_text() for page in PAGES).splitlines():
         if line.startswith("```"):
             in_block = not in_block
             continue
@@ -33,7 +34,7 @@ def readme_commands() -> list[str]:
     return commands
 
 
-COMMANDS = readme_commands()
+COMMANDS = sorted(set(readme_commands()))
 
 
 def test_the_readme_shows_the_main_commands():
@@ -59,3 +60,14 @@ def test_cluster_examples_keep_the_rows_logical_hardware_presets(command):
     for config in configs:
         assert config.hardware.name.startswith("tpu-") and config.hardware.shards in (8, 256, 512)
         assert config.hardware.platform == "gpu"
+
+
+def test_the_readme_is_what_a_user_reads_first_and_links_every_page():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    assert readme.index("python -m pytest") < readme.index("## Layout")
+    for page in PAGES[1:]:
+        assert f"](docs/{page.name})" in readme, f"README does not link docs/{page.name}"
+    for module in sorted((REPO / "esmeta").glob("*.py")):
+        if module.name != "__init__.py":
+            assert f" {module.name} " in readme, f"README's layout misses esmeta/{module.name}"

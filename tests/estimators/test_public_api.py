@@ -1,4 +1,4 @@
-"""The public constructors: their validation, their sameness with make_estimator, and the README's example."""
+"""The public constructors: their validation, their sameness with make_estimator, and the documented example."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import esmeta.estimators as es
 from esmeta.config import EstimatorConfig, from_mapping
 from esmeta.errors import ConfigError
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "estimators.md"  # "Use the estimators on your own model"
 MU = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.5, -0.25, 2.0])}
 
 
@@ -29,16 +29,16 @@ def flat(tree) -> np.ndarray:
 
 
 def readme_snippet(name: str) -> str:
-    """The python block between README's `<!-- snippet: name -->` markers."""
-    text = README.read_text()
+    """The python block between the estimators page's `<!-- snippet: name -->` markers."""
+    text = DOC.read_text()
     found = re.search(rf"<!-- snippet: {name} -->\n```python\n(.*?)```\n<!-- /snippet: {name} -->", text, re.S)
-    assert found, f"README.md has no python block between the {name} markers"
+    assert found, f"docs/estimators.md has no python block between the {name} markers"
     return found.group(1)
 
 
 def test_readme_example_trains_a_flax_mlp():
     namespace: dict = {"__name__": "readme_example"}
-    exec(compile(readme_snippet("estimators-example"), "README.md:estimators-example", "exec"), namespace)
+    exec(compile(readme_snippet("estimators-example"), "docs/estimators.md:estimators-example", "exec"), namespace)
     first, last = namespace["first"], namespace["last"]
     assert np.isfinite(last) and last < 0.1 * first, f"loss {first:.4f} -> {last:.4f}: WSR did not fit the MLP"
     assert int(namespace["metrics"]["candidates"]) == 64
