@@ -23,6 +23,9 @@ if __package__ in (None, ""):  # run as a script (`python analysis/make_figures.
 
 from . import cli  # noqa: E402
 from .figures import SPECS, make_figures  # noqa: E402
+from .paper import TABLE_KEYS, load_paper_table  # noqa: E402
+from .tables import SPECS as SPECS_TABLES  # noqa: E402
+from .tables import unplaced_runs  # noqa: E402
 from .wandb_source import FIGURE_KEYS  # noqa: E402
 
 PROG = "make_figures"
@@ -40,6 +43,9 @@ def run(argv: list[str] | None) -> int:
     print(f"{cli.describe(results)}.")
     for outcome in make_figures(results, entries, cli.out_dir(args, "figures"), list(args.only or NAMES)):
         print(outcome.report(entries[outcome.key].command))
+    tables = [(SPECS_TABLES[key], load_paper_table(entries[key])) for key in TABLE_KEYS]
+    for line in unplaced_runs(results.runs, tables):  # in no paper row, so in no figure
+        print(f"not placed: {line}")
     return 0
 
 

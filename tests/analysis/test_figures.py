@@ -130,3 +130,13 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], messa
     assert done.stderr.strip().startswith("make_figures: error: ") and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
     assert not any(tmp_path.rglob("*.png"))
+
+
+def test_cli_names_the_runs_it_could_place_in_no_row(results_dir: Path, make_run, tmp_path: Path) -> None:
+    make_run("fig1", alpha=10, sigma=0.1, train_way=10, pop_per_shard=128, accuracy=0.97)
+    make_run("stray", alpha=7, sigma=0.1, train_way=10, pop_per_shard=128, accuracy=0.9)
+    done = make_figures_cli("--results", str(results_dir), "--only", "figure1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stray = [line for line in done.stdout.splitlines() if line.startswith("not placed: ")]
+    assert len(stray) == 1 and stray[0].startswith("not placed: stray (completed): nearest Table ")
+    assert "alpha 7 (row: 10)" in stray[0]
