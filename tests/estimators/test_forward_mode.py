@@ -30,7 +30,11 @@ def test_forward_mode_equals_backprop_on_the_tiny_protonet(tiny_protonet, chunk_
     g, metrics = jax.jit(forward)(jax.random.key(0), params, episode)
     g_ref, metrics_ref = jax.jit(backward)(jax.random.key(0), params, episode)
     assert jax.tree.structure(g) == jax.tree.structure(params)
-    np.testing.assert_allclose(flat(g), flat(g_ref), rtol=1e-4, atol=1e-6 * np.abs(flat(g_ref)).max())
+    # Two float32 programs summing each conv-weight gradient over the episode's n = 12 x 16 x 16 pixels in different
+    # orders: each is within about sqrt(n) 2^-24 max|g| of the exact sum, so an entry that cancels to ~0 can differ
+    # by that much (4e-7 on AMD EPYC, against 1e-6 max|g| = 2.8e-7 before), times 10 for the constants of the bound.
+    atol = 10 * np.sqrt(12 * 16 * 16) * 2.0**-24 * np.abs(flat(g_ref)).max()
+    np.testing.assert_allclose(flat(g), flat(g_ref), rtol=1e-4, atol=atol)
     assert set(metrics) == set(metrics_ref)
     np.testing.assert_allclose(float(metrics["fitness_mean"]), float(metrics_ref["fitness_mean"]), rtol=1e-6)
     np.testing.assert_allclose(float(metrics["grad_norm"]), float(metrics_ref["grad_norm"]), rtol=1e-5)
