@@ -314,24 +314,20 @@ def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any
 def dry_run(overrides: Sequence[str], multirun: bool = False) -> str:
     """What a command would run, job by job: its overrides, where it writes and how its configuration differs
     from the defaults. Everything is checked as before a real launch; nothing runs and nothing is written."""
+    from esmeta.sweeps import PRODUCT_LIMIT
+
     plan = plan_jobs(overrides, multirun)
     defaults = _flat(plan_jobs([]).jobs[0].config.to_dict())
     what = "job" if plan.total == 1 else "jobs"
     lines = [f"dry run: {plan.total} {what} -> {plan.out} (nothing runs, nothing is written)"]
     if not plan.complete:
-        lines.append(f"  more than {_limit()} jobs: each value of each swept key is shown (and was checked) once")
+        lines.append(f"  more than {PRODUCT_LIMIT} jobs: each value of each swept key is shown (and was checked) once")
     for job in plan.jobs:
         differ = " ".join(f"{k}={v}" for k, v in _flat(job.config.to_dict()).items() if defaults.get(k) != v)
         lines.append(f"#{job.number} {' '.join(job.overrides) or '(no overrides)'}")
         lines.append(f"    writes to {job.directory}")
         lines.append(f"    differs from the defaults: {differ or 'nothing'}")
     return "\n".join(lines)
-
-
-def _limit() -> int:
-    from esmeta.sweeps import PRODUCT_LIMIT
-
-    return PRODUCT_LIMIT
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
