@@ -55,7 +55,7 @@ def run(argv: list[str] | None) -> int:
     try:
         copied = archive_runs(args.results, args.out)
     except OSError as e:
-        raise cli.UsageError(f"cannot archive into {args.out} ({e.strerror or e}); pass --out <a writable directory>")
+        raise cli.UsageError(f"cannot archive into {args.out} ({e.strerror or e}); pass --out <a writable directory>") from None
     print(f"archived {cli.count(len(copied), 'run')} into {args.out}", file=sys.stderr)
     rebuild = ["--results", str(args.out)]
     make_tables.run([*rebuild, "--out", str(args.out / "tables")])

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from esmeta.errors import first_line
+
 from .load import Results, load_results
 from .paper import Entry, load_manifest
 
@@ -124,7 +126,7 @@ def load_source(args: argparse.Namespace, history_keys: tuple[str, ...] | None =
             results = load_wandb(args.entity, args.project, group=args.group, history_keys=history_keys)
         except Exception as e:  # network, auth, unknown project: report, never a traceback
             raise UsageError(f"could not read W&B project {args.entity}/{args.project}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                             f"{type(e).__name__}: {first_line(e)}") from None
     if results.runs.empty:
         detail = f"; {count(len(results.skipped), 'incomplete run')} skipped" if results.skipped else ""
         raise UsageError(f"no complete runs in {results.source} (a run is complete once it writes `done`){detail}")

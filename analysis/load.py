@@ -37,7 +37,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,7 @@ def load_results(root: str | Path) -> Results:
         record = run_record(run_id, summary)
         record["path"] = str(path)
         if not record["finished_at"]:
-            stamp = datetime.fromtimestamp((path / DONE).stat().st_mtime, timezone.utc)
+            stamp = datetime.fromtimestamp((path / DONE).stat().st_mtime, UTC)
             record["finished_at"] = stamp.isoformat(timespec="seconds")
         records.append(record)
         curves.extend(curve_records(run_id, metrics))

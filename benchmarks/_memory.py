@@ -64,7 +64,7 @@ class RssSampler:
             self.peak = max(self.peak, current_rss())
             time.sleep(self.interval_s)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.before = self.peak = current_rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

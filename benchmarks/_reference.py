@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import sys
-import time
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from esmeta.run import check_overrides
 from esmeta.train import train
+
 
 def parse_args(doc: str, minutes: float, prefix: str) -> argparse.Namespace:
     """--minutes, --out (default: a fresh temp dir), --quick, --seed."""

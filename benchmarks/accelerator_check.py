@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _data import add_data_args, run_main, train_images
-from population_throughput import SHOT, SIZE, WAY, QUERY, matmul_peak_gflops, measure
+from population_throughput import QUERY, SHOT, SIZE, WAY, matmul_peak_gflops, measure
 
 from esmeta.data.episodes import sample_episode
 from esmeta.estimators.wsr import candidate_noise, shape_fitness

@@ -91,10 +91,10 @@ def measure(channels: int, populations, episode, args: argparse.Namespace, peak:
     for population in populations:
         config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=population)
         estimate = jax.jit(make_estimator(config, 0.01, loss, None, 1))
-        seconds = best_seconds(lambda: estimate(jax.random.key(2), mu, episode), args.repeats)
+        seconds = best_seconds(lambda estimate=estimate: estimate(jax.random.key(2), mu, episode), args.repeats)
         n_naive = min(population, args.naive_cap)
 
-        def naive():  # materialize the population matrix, then vmap the loss over it
+        def naive(n_naive: int = n_naive):  # materialize the population matrix, then vmap the loss over it
             noise = 0.01 * jax.random.normal(jax.random.key(2), (n_naive, flat.size))
             return naive_loss(jax.vmap(unravel)(flat + noise), episode)
 

@@ -16,3 +16,9 @@ class DataError(EsmetaError):
 class NeedsAcceleratorError(ConfigError):
     """A configuration too large for the chosen scale (`scale.max_population`): a multirun records the job as
     skipped, a single run is refused."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

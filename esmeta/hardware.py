@@ -16,7 +16,7 @@ import platformdirs
 from jax.sharding import Mesh
 
 from esmeta.config import HardwareConfig
-from esmeta.errors import ConfigError
+from esmeta.errors import ConfigError, first_line
 from esmeta.estimators.base import AXIS
 
 
@@ -60,9 +60,8 @@ def _join_processes(expected: int) -> None:
         try:
             jax.distributed.initialize()
         except (RuntimeError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ConfigError(
-                f"hardware.processes={expected} but JAX could not join a multi-process run ({first}); "
+                f"hardware.processes={expected} but JAX could not join a multi-process run ({first_line(e)}); "
                 "launch one task per process under SLURM (hydra/launcher=slurm_multinode) or set hardware.processes=1"
             ) from None
     if jax.process_count() != expected:

@@ -19,10 +19,11 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any
 
 from esmeta.errors import ConfigError, DataError
 
@@ -134,7 +135,7 @@ class DirLock:
         self.key = key
         self.fd: int | None = None
 
-    def acquire(self) -> "DirLock":
+    def acquire(self) -> DirLock:
         """Take the lock (creating the directory) or raise a one-line ConfigError naming the holder."""
         ensure_writable_dir(self.directory, self.key)
         fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, file_mode())
@@ -158,7 +159,7 @@ class DirLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "DirLock":
+    def __enter__(self) -> DirLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
@@ -215,7 +216,7 @@ class RunDir:
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write the summary, stamped with `finished_at` (UTC, ISO 8601), then the `done` marker; return it."""
-        summary = {**summary, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        summary = {**summary, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
         if self.enabled:
             atomic_write_json(self.path / SUMMARY, summary)
             atomic_write_bytes(self.path / DONE, b"")

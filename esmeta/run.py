@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from esmeta.config import Config, from_mapping
-from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError
+from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError, first_line
 
 CONFIG_MODULE = "esmeta.conf"
 CONFIG_NAME = "config"
@@ -39,14 +40,9 @@ def config_from_omegaconf(cfg: DictConfig) -> Config:
     try:
         raw = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # an unresolvable interpolation, e.g. a typo in ${...}
-        raise ConfigError(f"cannot resolve the configuration: {_first_line(e)}") from None
+        raise ConfigError(f"cannot resolve the configuration: {first_line(e)}") from None
     raw.pop("hydra", None)
     return from_mapping(raw)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _hydra_error_message(e: Exception) -> str:
@@ -173,7 +169,7 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
                 variants = _override_variants([*overrides, *_stored_sweep(base, overrides)], group_options)
             parsed = [parser.parse_overrides(list(v)) for v in variants]
         except OverrideParseException as e:
-            raise ConfigError(f"cannot parse the overrides: {_first_line(e)}") from None
+            raise ConfigError(f"cannot parse the overrides: {first_line(e)}") from None
         out = _output_dir(base.hydra, multirun)
         dirname = base.hydra.job.config.override_dirname
         compose_cached = _cached_compose(compose_one, loader)

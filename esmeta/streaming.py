@@ -30,7 +30,8 @@ loss keeps this O(chunk) memory; reverse mode (`jax.grad`) stores every chunk's 
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from esmeta.config import Config, LoggerConfig
-from esmeta.errors import EsmetaError
+from esmeta.errors import EsmetaError, first_line
 from esmeta.results import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -203,9 +204,8 @@ def open_tracker(
             settings=settings,
         )
     except wandb.errors.Error as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise EsmetaError(
-            f"W&B could not start a run (WANDB_MODE={mode}): {first}; run `wandb login`, "
+            f"W&B could not start a run (WANDB_MODE={mode}): {first_line(e)}; run `wandb login`, "
             f"set WANDB_MODE=offline, or pass logger=none"
         ) from None
     atomic_write_bytes(run_dir / RUN_ID_FILE, f"{run.id}\n".encode())

@@ -1,7 +1,7 @@
 """The run directory: atomic files, the done marker last, no stale results from an earlier run."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from esmeta.results import DONE, SUMMARY, RunDir, atomic_write_json, read_metrics, read_summary
 
@@ -14,7 +14,7 @@ def test_finish_writes_summary_then_done(tmp_path):
     run.finish({"status": "completed", "test_accuracy": 0.9})
     assert run.done and read_summary(run.path)["test_accuracy"] == 0.9
     stamp = datetime.fromisoformat(read_summary(run.path)["finished_at"])
-    assert stamp.tzinfo is not None and abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 60
+    assert stamp.tzinfo is not None and abs((datetime.now(UTC) - stamp).total_seconds()) < 60
     assert list(read_metrics(run.path)) == [{"episode": 1, "train/loss": 0.5}]
 
 

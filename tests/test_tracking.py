@@ -223,7 +223,7 @@ def test_an_exception_in_the_with_block_marks_the_run_failed(tmp_path: Path):
     with pytest.raises(ZeroDivisionError):
         with open_tracker(WANDB, tmp_path, name="n", group=None, tags=[], config={}) as tracker:
             tracker.log({"m": 1.0}, step=1)
-            1 / 0
+            1 / 0  # noqa: B018 (the error is the point: the run must end as failed)
     (sync_dir,) = sync_dirs(tmp_path)
     assert read_offline_run(sync_dir).exit_code == 1
 

@@ -14,8 +14,8 @@ function returning a scalar; the optimizer step uses -g (g ascends the fitness).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
-from typing import Callable
 
 from jax.sharding import Mesh
 

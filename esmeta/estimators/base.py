@@ -6,7 +6,8 @@ and is the ASCENT direction on the fitness F = -loss (the training loop hands -g
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -10,8 +10,8 @@ spread evenly over the devices of a 1-D mesh (axis "shards"); each device runs i
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from esmeta.analysis import archive
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from esmeta.analysis.figures import PIXELS, SPECS, make_figures
 from esmeta.analysis.load import load_results
 from esmeta.analysis.paper import load_manifest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 MAKE_FIGURES = REPO / "analysis" / "make_figures.py"

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from esmeta.analysis.memory import (
     BYTES_PER_FLOAT,
     activation_floats_per_image,
@@ -18,6 +17,7 @@ from esmeta.analysis.memory import (
     param_count_formula,
 )
 from esmeta.analysis.paper import load_manifest, load_paper_table
+
 from esmeta.protonet import ConvEmbedding, init_params, num_params
 
 

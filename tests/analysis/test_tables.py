@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from esmeta.analysis.load import load_results
 from esmeta.analysis.paper import Entry, load_manifest, load_paper_table, paper_text
 from esmeta.analysis.tables import SPECS, aggregate, build_table, match_runs, render_latex, render_markdown

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import wandb
-
 from esmeta.analysis import make_tables
 from esmeta.analysis.load import load_results
 from esmeta.analysis.paper import load_manifest, load_paper_table
