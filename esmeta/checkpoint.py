@@ -7,7 +7,8 @@ resumed run draws the same episodes and perturbations as an uninterrupted one (b
 
 The file is `{"format", "sha256", "payload"}`: the payload's SHA-256 is checked before anything in it
 is trusted, and the arrays' shapes and dtypes against the run's own, so a damaged checkpoint is one
-line naming it, never a resumed run with silently different weights.
+line naming it, never a resumed run with silently different weights. Which config changes a resumed
+(or kept) run tolerates is decided here too (`RESUMABLE_CHANGES`, `check_same_run`).
 """
 
 from __future__ import annotations
@@ -120,3 +121,36 @@ def load(path: Path, arrays_like: Any) -> tuple[Any, Progress, dict[str, Any]]:
     """(arrays shaped like `arrays_like`, progress, the config the checkpoint was written with)."""
     saved = read(path)
     return restore(saved, arrays_like), saved.progress, saved.config
+
+
+# Settings that may change between a run and its resumption: they do not change what is computed.
+RESUMABLE_CHANGES = frozenset({
+    "train.progress", "train.resume", "train.checkpoint_every", "train.max_minutes", "train.budget_clock",
+    "data.root", "data.cache_dir", "data.download", "hardware.compilation_cache", "logger",
+})
+
+
+def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str | None:
+    """The first setting (as `key: saved -> current`) that differs between two config dicts, ignoring RESUMABLE_CHANGES."""
+    for key in sorted(set(saved) | set(current)):
+        path = f"{prefix}{key}"
+        if path in RESUMABLE_CHANGES:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = config_difference(a, b, f"{path}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{path}: {a!r} -> {b!r}"
+    return None
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Path, what: str) -> None:
+    """Refuse (one line) to continue or keep `what` in `where` when its saved config differs from `current`'s."""
+    diff = config_difference(saved, current)
+    if diff:
+        raise ConfigError(
+            f"{where} holds {what} of a different configuration ({diff}); "
+            "write to another directory (hydra.run.dir=...) or pass train.resume=false to start over"
+        )

@@ -218,6 +218,13 @@ def _override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0].strip()
 
 
+def epoch_row(record: dict[str, float]) -> dict[str, float]:
+    """An epoch's record as a W&B row: its means of per-step metrics renamed `epoch/<name>`, so that they do
+    not overwrite the last step's own `train/loss` etc. (both rows share the episode count as their step)."""
+    per_epoch = ("epoch", "episode", "val/accuracy", "wall_time_s", "es/candidates_per_s")
+    return {(k if k in per_epoch else f"epoch/{k.replace('/', '_')}"): v for k, v in record.items()}
+
+
 def run_name(overrides: Sequence[str]) -> str:
     """A readable, stable run name from a job's Hydra overrides: `key=value` pairs sorted by key, comma-joined.
 

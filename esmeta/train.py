@@ -31,7 +31,7 @@ from esmeta import checkpoint
 from esmeta.config import Config, EstimatorConfig, check_fits_scale, scaled
 from esmeta.data import load_omniglot, sample_episode, split_classes
 from esmeta.data.omniglot import check_zips
-from esmeta.errors import ConfigError, DataError, EsmetaError
+from esmeta.errors import DataError, EsmetaError
 from esmeta.estimators import make_estimator
 from esmeta.hardware import configure_backend, make_mesh
 from esmeta.protonet import (
@@ -43,7 +43,7 @@ from esmeta.protonet import (
     update_running,
 )
 from esmeta.results import DONE, SUMMARY, DirLock, RunDir, read_summary
-from esmeta.tracking import default_group, open_tracker, run_name, run_tags
+from esmeta.tracking import default_group, epoch_row, open_tracker, run_name, run_tags
 
 log = logging.getLogger(__name__)
 # (params, episode, running averages) -> (loss, accuracy, the batch-norm statistics used)
@@ -260,13 +260,6 @@ def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def epoch_row(record: dict[str, float]) -> dict[str, float]:
-    """An epoch's record as a W&B row: its means of per-step metrics renamed `epoch/<name>`, so that they do
-    not overwrite the last step's own `train/loss` etc. (both rows share the episode count as their step)."""
-    per_epoch = ("epoch", "episode", "val/accuracy", "wall_time_s", "es/candidates_per_s")
-    return {(k if k in per_epoch else f"epoch/{k.replace('/', '_')}"): v for k, v in record.items()}
-
-
 @dataclass(frozen=True)
 class JobInfo:
     """Where a run comes from (Hydra's view of it): recorded in the summary, names its W&B run."""
@@ -277,38 +270,6 @@ class JobInfo:
     job_name: str = "esmeta"
     record: tuple[tuple[str, str], ...] = ()  # (path in the run directory, text): Hydra's .hydra/ files, written
     # when the run starts, after every check, so that a refused job never rewrites another run's record
-
-
-# Settings that may change between a run and its resumption: they do not change what is computed.
-RESUMABLE_CHANGES = frozenset({
-    "train.progress", "train.resume", "train.checkpoint_every", "train.max_minutes", "train.budget_clock",
-    "data.root", "data.cache_dir", "data.download", "hardware.compilation_cache", "logger",
-})
-
-
-def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str | None:
-    """The first setting (as `key: saved -> current`) that differs between two config dicts, ignoring RESUMABLE_CHANGES."""
-    for key in sorted(set(saved) | set(current)):
-        path = f"{prefix}{key}"
-        if path in RESUMABLE_CHANGES:
-            continue
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = config_difference(a, b, f"{path}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{path}: {a!r} -> {b!r}"
-    return None
-
-
-def _check_same_run(saved: dict[str, Any], config: Config, where: Path, what: str) -> None:
-    diff = config_difference(saved, config.to_dict())
-    if diff:
-        raise ConfigError(
-            f"{where} holds {what} of a different configuration ({diff}); "
-            "write to another directory (hydra.run.dir=...) or pass train.resume=false to start over"
-        )
 
 
 def check_start(config: Config) -> tuple[Any, int]:
@@ -362,11 +323,11 @@ def inspect_run_dir(config: Config, path: Path) -> RunState:
     if (path / DONE).exists():
         previous = read_finished_summary(path)
         if previous.get("status") not in ("failed", "skipped"):  # a job that never ran is redone
-            _check_same_run(previous.get("config", {}), config, path, "a finished run")
+            checkpoint.check_same_run(previous.get("config", {}), config.to_dict(), path, "a finished run")
             return RunState(finished=previous)
     if (path / checkpoint.CHECKPOINT).exists():
         saved = checkpoint.read(path / checkpoint.CHECKPOINT)
-        _check_same_run(saved.config, config, path, "a checkpoint")
+        checkpoint.check_same_run(saved.config, config.to_dict(), path, "a checkpoint")
         _check_progress(saved, config)
         return RunState(saved=saved)
     return RunState()
@@ -420,15 +381,24 @@ def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> di
             lock.release()
 
 
-def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any, shards: int, job: JobInfo,
-         start: float) -> dict[str, Any]:
-    """The run itself, its directory locked and checked: data, model, loop, test, results."""
-    writer = out.enabled
-    ckpt_path = out.path / checkpoint.CHECKPOINT
-    resuming = saved is not None
-    run = scaled(config)  # what executes: the scale's caps applied (config keeps the requested values)
-    t, e = run.task, run.estimator
+@dataclass
+class Setup:
+    """What a run trains and tests with, built from its config: the split's images, the jitted step and
+    evaluators, the initial state and the keys (training episodes, test episodes)."""
 
+    images: dict[str, jax.Array]
+    train_step: Callable[..., Any]
+    validate_fn: Callable[[Any, Any], jax.Array] | None  # mean parameters, running stats -> val accuracies
+    eval_metrics: Callable[..., Any]
+    state: tuple[Any, Any, Any]  # (params, opt_state, running)
+    train_key: jax.Array
+    test_key: jax.Array
+    num_params: int
+
+
+def build(config: Config, run: Config, mesh: Any, shards: int) -> Setup:
+    """Data, keys, model, estimator and optimizer of a run (`run`: the config as executed, after the scale's caps)."""
+    t, e = run.task, run.estimator
     data = load_omniglot(
         config.data.root, config.data.image_size, config.data.resize_filter, config.data.cache_dir, config.data.download
     )
@@ -438,24 +408,97 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     init_key, train_key = run_keys(config.seed)
     val_key, test_key = jax.random.split(jax.random.key(config.eval.seed))
     params = init_params(init_key, config.model.channels, config.data.image_size)
-    running = init_batch_stats(params)
-    n_params = num_params(params)
 
     train_metrics = metrics_fn(config, t.train_way)
     eval_metrics = metrics_fn(config, t.test_way, evaluation=True)
     estimate = make_estimator(e, config.sigma, lambda p, ep: train_metrics(p, ep)[0], mesh, shards)
     optimizer = make_optimizer(config.alpha, e)
-    opt_state = optimizer.init(params)
     sample_train = partial(sample_episode, images=images["train"], way=t.train_way, shot=t.shot, query=t.query)
-    train_step = make_train_step(estimate, optimizer, sample_train, train_metrics)
-    validate = make_evaluator(
+    validate_fn = make_evaluator(
         images["val"], episode_keys(val_key, config.eval.val_episodes), t.test_way, t.test_shot, t.test_query,
         eval_metrics,
     ) if config.eval.val_episodes else None
+    return Setup(
+        images=images, train_step=make_train_step(estimate, optimizer, sample_train, train_metrics),
+        validate_fn=validate_fn, eval_metrics=eval_metrics,
+        state=(params, optimizer.init(params), init_batch_stats(params)),
+        train_key=train_key, test_key=test_key, num_params=num_params(params),
+    )
 
+
+def end_epoch(progress: checkpoint.Progress, params: Any, running: Any, setup: Setup, episodes_per_epoch: int,
+              epoch_steps: int, epoch_seconds: float, elapsed_s: float, out: RunDir,
+              tracker: Any) -> tuple[dict[str, float], bool]:
+    """Close an epoch whose step metrics are in `progress.window`: log them, validate, write the epoch's record.
+    Returns (the record, whether the mean parameters are finite)."""
+    first = progress.step - len(progress.window) + 1
+    for i, row in enumerate(progress.window):
+        tracker.log({k: v for k, v in row.items() if k != "es/candidates"}, step=first + i)
+    record = _mean_metrics(progress.window)
+    record["es/candidates_per_s"] = record.pop("es/candidates", 1.0) * epoch_steps / epoch_seconds
+    finite = all_finite(params)
+    if setup.validate_fn is not None and finite:
+        val_acc = float(jnp.mean(setup.validate_fn(params, running)))
+        progress.val_acc = val_acc
+        progress.best_val = val_acc if progress.best_val is None else max(progress.best_val, val_acc)
+    record.update({"epoch": progress.step // episodes_per_epoch, "episode": progress.step, "val/accuracy": progress.val_acc,
+                   "wall_time_s": elapsed_s})
+    out.append_metrics(record)
+    tracker.log(epoch_row(record), step=progress.step)
+    progress.records.append(record)
+    progress.window = []
+    return record, finite
+
+
+def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Progress, accuracies: np.ndarray,
+              status: str, stopped_by_budget: bool, resumed: bool, elapsed_s: float, shards: int, mesh: Any,
+              job: JobInfo, params_bytes: bytes, stats_bytes: bytes) -> dict[str, Any]:
+    """The run's summary.json: the test result and its protocol, the budget reached, what ran, and where from."""
+    e, nan = run.estimator, float("nan")
+    return {
+        "status": status,
+        **accuracy_stats(accuracies),
+        "test_norm_stats": config.model.norm_stats,  # the batch-norm protocol behind test_accuracy
+        "best_val_accuracy": nan if progress.best_val is None else progress.best_val,
+        "final_val_accuracy": nan if progress.val_acc is None else progress.val_acc,
+        "episodes": progress.step,
+        "stopped_by_budget": stopped_by_budget,
+        "resumed": resumed,
+        "wall_time_s": elapsed_s,
+        "num_params": setup.num_params,
+        "estimator": e.name,
+        "alpha": config.alpha,
+        "sigma": {"wsr": config.sigma, "finite_diff": e.fd_sigma}.get(e.name),  # the perturbation used
+        "pop_per_shard": e.pop_per_shard if e.is_es else None,  # as run (after the scale's caps)
+        "population": e.pop_per_shard * shards if e.is_es else None,
+        "shards": shards,
+        "hardware": config.hardware.name,
+        "sweep": job.sweep,
+        "scale": config.scale.name,
+        "config": config.to_dict(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in mesh.devices.flat],
+        "processes": jax.process_count(),
+        "versions": versions(),
+        "provenance": provenance(),  # command, commit, machine
+        "overrides": list(job.overrides),
+        "job_name": job.job_name,
+        "params_sha256": checkpoint.sha256(params_bytes),  # load_run verifies params.msgpack against it
+        "batch_stats_sha256": checkpoint.sha256(stats_bytes),  # and batch_stats.msgpack
+    }
+
+
+def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any, shards: int, job: JobInfo,
+         start: float) -> dict[str, Any]:
+    """The run itself, its directory locked and checked: data, model, loop, test, results."""
+    writer, ckpt_path, resuming = out.enabled, out.path / checkpoint.CHECKPOINT, saved is not None
+    run = scaled(config)  # what executes: the scale's caps applied (config keeps the requested values)
+    t = run.task
+    setup = build(config, run, mesh, shards)
+    params, opt_state, running = setup.state
     progress = checkpoint.Progress()
     if saved is not None:
-        params, opt_state, running = checkpoint.restore(saved, (params, opt_state, running))
+        params, opt_state, running = checkpoint.restore(saved, setup.state)
         progress = saved.progress
     out.start(keep_checkpoint=resuming, record=job.record)  # the first write into the directory: all checked
     if resuming:
@@ -484,33 +527,16 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     with tracker:
         try:
             while progress.step < total:
-                params, opt_state, running, m = train_step(
-                    params, opt_state, running, jax.random.fold_in(train_key, progress.step)
+                params, opt_state, running, m = setup.train_step(
+                    params, opt_state, running, jax.random.fold_in(setup.train_key, progress.step)
                 )
                 pending.append(m)
-                progress.step += 1
-                epoch_steps += 1
+                progress.step, epoch_steps = progress.step + 1, epoch_steps + 1
                 bar.update(1)
-                stop = False
                 if progress.step % epe == 0:  # end of an epoch: log, validate, check for collapse and budget
                     pull()
-                    first = progress.step - len(progress.window) + 1
-                    for i, row in enumerate(progress.window):
-                        tracker.log({k: v for k, v in row.items() if k != "es/candidates"}, step=first + i)
-                    record = _mean_metrics(progress.window)
-                    candidates = record.pop("es/candidates", 1.0) * epoch_steps
-                    record["es/candidates_per_s"] = candidates / (time.perf_counter() - epoch_t0)
-                    finite = all_finite(params)
-                    if validate is not None and finite:
-                        val_acc = float(jnp.mean(validate(params, running)))
-                        progress.val_acc = val_acc
-                        progress.best_val = val_acc if progress.best_val is None else max(progress.best_val, val_acc)
-                    record.update({"epoch": progress.step // epe, "episode": progress.step,
-                                   "val/accuracy": progress.val_acc, "wall_time_s": elapsed()})
-                    out.append_metrics(record)
-                    tracker.log(epoch_row(record), step=progress.step)
-                    progress.records.append(record)
-                    progress.window = []
+                    record, finite = end_epoch(progress, params, running, setup, epe, epoch_steps,
+                                               time.perf_counter() - epoch_t0, elapsed(), out, tracker)
                     epoch_t0, epoch_steps = time.perf_counter(), 0
                     bar.update(0, loss=record["train/loss"], val=progress.val_acc)
                     if writer:
@@ -519,13 +545,13 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
                                             pace * (total - progress.step)))
                     if not finite or not math.isfinite(record["train/loss"]):
                         # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.
-                        status, stop = "collapsed", True
-                    elif config.train.max_minutes and (
+                        status = "collapsed"
+                        break
+                    if config.train.max_minutes and (
                         progress.budget_seconds + budget_seconds() > 60 * config.train.max_minutes
                     ):
-                        stopped_by_budget, stop = progress.step < total, True
-                if stop:
-                    break
+                        stopped_by_budget = progress.step < total
+                        break
                 if every and (progress.step % every == 0 or progress.step % epe == 0) and progress.step < total:
                     pull()
                     snapshot = dataclasses.replace(
@@ -536,44 +562,13 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
         finally:
             bar.close()
 
-        test_keys = episode_keys(test_key, config.eval.test_episodes)
-        test = make_evaluator(images["test"], test_keys, t.test_way, t.test_shot, t.test_query, eval_metrics)
+        test = make_evaluator(setup.images["test"], episode_keys(setup.test_key, config.eval.test_episodes),
+                              t.test_way, t.test_shot, t.test_query, setup.eval_metrics)
         accuracies = np.asarray(test(params, running))
         params_bytes, stats_bytes = serialization.to_bytes(params), serialization.to_bytes(running)
         out.write_params(params_bytes, stats_bytes)
-        nan = float("nan")
-        summary = {
-            "status": status,
-            **accuracy_stats(accuracies),
-            "test_norm_stats": config.model.norm_stats,  # the batch-norm protocol behind test_accuracy
-            "best_val_accuracy": nan if progress.best_val is None else progress.best_val,
-            "final_val_accuracy": nan if progress.val_acc is None else progress.val_acc,
-            "episodes": progress.step,
-            "stopped_by_budget": stopped_by_budget,
-            "resumed": resuming,
-            "wall_time_s": elapsed(),
-            "num_params": n_params,
-            "estimator": e.name,
-            "alpha": config.alpha,
-            "sigma": {"wsr": config.sigma, "finite_diff": e.fd_sigma}.get(e.name),  # the perturbation used
-            "pop_per_shard": e.pop_per_shard if e.is_es else None,  # as run (after the scale's caps)
-            "population": e.pop_per_shard * shards if e.is_es else None,
-            "shards": shards,
-            "hardware": config.hardware.name,
-            "sweep": job.sweep,
-            "scale": config.scale.name,
-            "config": config.to_dict(),
-            "backend": jax.default_backend(),
-            "devices": [str(d) for d in mesh.devices.flat],
-            "processes": jax.process_count(),
-            "versions": versions(),
-            "provenance": provenance(),  # command, commit, machine
-            "overrides": list(job.overrides),
-            "job_name": job.job_name,
-            "params_sha256": checkpoint.sha256(params_bytes),  # load_run verifies params.msgpack against it
-            "batch_stats_sha256": checkpoint.sha256(stats_bytes),  # and batch_stats.msgpack
-        }
-        summary = out.finish(summary)
+        summary = out.finish(summarize(config, run, setup, progress, accuracies, status, stopped_by_budget, resuming,
+                                       elapsed(), shards, mesh, job, params_bytes, stats_bytes))
         tracker.summary({k: v for k, v in summary.items() if k not in ("config", "versions", "devices", "overrides")})
         ckpt_path.unlink(missing_ok=True)  # the run is complete: params.msgpack and the summary replace it
     return summary

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from esmeta import checkpoint
+from esmeta.checkpoint import config_difference
 from esmeta.errors import ConfigError
 from esmeta.results import read_metrics, read_summary
-from esmeta.train import config_difference
 
 EPISODES_PER_EPOCH = 60
 CHECKPOINT_EVERY = 7

@@ -26,6 +26,7 @@ from esmeta.tracking import (
     NullTracker,
     WandbTracker,
     default_group,
+    epoch_row,
     open_tracker,
     run_name,
     run_tags,
@@ -364,3 +365,19 @@ def test_a_training_job_of_a_sweep_arrives_in_its_own_wandb_run(table2_smoke_swe
         assert row["epoch"] == record["epoch"] and row["epoch/train_loss"] == pytest.approx(record["train/loss"])
     assert run.summary["test_accuracy"] == pytest.approx(summary["test_accuracy"])
     assert run.summary["status"] == summary["status"] and run.summary["population"] == 32
+
+
+def test_epoch_rows_read_back_under_the_metrics_file_names() -> None:
+    """W&B epoch rows (`epoch/<namespace>_<name>`) undone by the analysis reader give metrics.jsonl's record back,
+    for every record the reproduction archive holds (every estimator's metric names)."""
+    from esmeta.analysis.wandb_source import epoch_metrics
+
+    archive = Path(__file__).resolve().parents[1] / "results" / "cpu"
+    records = [json.loads(line) for f in sorted(archive.glob("*/*/metrics.jsonl")) for line in f.read_text().splitlines()]
+    assert {json.loads(f.read_text().splitlines()[0])["es/fitness_std"] == 0.0
+            for f in archive.glob("*/*/metrics.jsonl")} == {True, False}  # backprop and population rows both
+    for record in records:
+        row = epoch_row(record)
+        assert "train/loss" not in row  # the epoch's mean must not overwrite the last step's own value
+        assert epoch_metrics(row) == record
+
