@@ -38,7 +38,7 @@ Params = Any  # a pytree of float32 arrays
 BatchStats = Any  # {"EpisodeBatchNorm_<b>": {"mean": (c,), "var": (c,)}}: running averages of each block
 BN_EPS = 1e-5
 MOMENTUM = 0.1  # PyTorch's default, as the reference ProtoNet
-_NHWC = ("NHWC", "HWIO", "NHWC")
+NHWC = ("NHWC", "HWIO", "NHWC")  # conv dimension numbers: images NHWC, kernels HWIO (shared with streaming.py)
 
 
 class EpisodeBatchNorm(nn.Module):
@@ -90,6 +90,7 @@ def num_params(params: Params) -> int:
 
 
 def num_blocks(params: Params) -> int:
+    """The number of conv blocks in a parameter tree (the layer count, from its keys)."""
     return len([k for k in params if k.startswith("Conv_")])
 
 
@@ -144,7 +145,7 @@ def embed_with_moments(
     """
     n, size = images.shape[0], images.shape[1]
     moments = {}
-    patches = jax.lax.conv_general_dilated_patches(images, (3, 3), (1, 1), "SAME", dimension_numbers=_NHWC)
+    patches = jax.lax.conv_general_dilated_patches(images, (3, 3), (1, 1), "SAME", dimension_numbers=NHWC)
     patches = patches.reshape(n * size * size, -1)  # (pixels, 9): the 3x3 neighbourhood of every pixel
     conv, norm = params["Conv_0"], params["EpisodeBatchNorm_0"]
     w = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])  # (9, channels), rows in the patches' order
@@ -165,11 +166,11 @@ def embed_with_moments(
     moments["EpisodeBatchNorm_0"] = {"mean": mean, "var": var, "count": jnp.float32(count)}
     inv = norm["scale"] * jax.lax.rsqrt(var + BN_EPS)
     y = (patches @ (w * inv)).reshape(n, size, size, -1)
-    x = nn.relu(_pool(y) + (conv["bias"] - mean) * inv + norm["bias"])
+    x = nn.relu(max_pool(y) + (conv["bias"] - mean) * inv + norm["bias"])
     for block in range(1, num_blocks(params)):
         name = f"EpisodeBatchNorm_{block}"
         conv, norm = params[f"Conv_{block}"], params[name]
-        y = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=_NHWC) + conv["bias"]
+        y = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=NHWC) + conv["bias"]
         if running is None:
             ref = y if stats_rows is None else y[:stats_rows]
             mean = ref.mean(axis=(0, 1, 2))
@@ -180,11 +181,11 @@ def embed_with_moments(
             count = y.shape[0] * y.shape[1] * y.shape[2]
         moments[name] = {"mean": mean, "var": var, "count": jnp.float32(count)}
         inv = norm["scale"] * jax.lax.rsqrt(var + BN_EPS)
-        x = nn.relu(_pool(y * inv + (norm["bias"] - mean * inv)))
+        x = nn.relu(max_pool(y * inv + (norm["bias"] - mean * inv)))
     return x.reshape(n, -1), moments
 
 
-def _pool(x: jax.Array) -> jax.Array:
+def max_pool(x: jax.Array) -> jax.Array:
     """2x2 max-pool with stride 2 (even sizes; odd trailing rows/columns dropped, as flax's VALID pooling)."""
     n, h, w, c = x.shape
     x = x[:, : h - h % 2, : w - w % 2]

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from esmeta.data.episodes import Episode
-from esmeta.protonet import _NHWC, BN_EPS, BatchStats, Params, _pool, similarity
+from esmeta.protonet import BN_EPS, NHWC, BatchStats, Params, max_pool, num_blocks, similarity
 
 ImagesAt = Callable[[jax.Array], jax.Array]  # row indices (c,) int32 -> float32 images (c, S, S, 1)
 
@@ -79,7 +79,7 @@ class BlockNorm(NamedTuple):
 
 def _patches(images: jax.Array) -> jax.Array:
     """(n, S, S, 9) 3x3 neighbourhoods of every pixel, as `protonet.embed` takes them."""
-    return jax.lax.conv_general_dilated_patches(images, (3, 3), (1, 1), "SAME", dimension_numbers=_NHWC)
+    return jax.lax.conv_general_dilated_patches(images, (3, 3), (1, 1), "SAME", dimension_numbers=NHWC)
 
 
 def _block0_norm(params: Params, patch: Moments) -> BlockNorm:
@@ -94,7 +94,7 @@ def _block0_norm(params: Params, patch: Moments) -> BlockNorm:
 
 def _conv(params: Params, block: int, x: jax.Array) -> jax.Array:
     conv = params[f"Conv_{block}"]
-    return jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=_NHWC) + conv["bias"]
+    return jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=NHWC) + conv["bias"]
 
 
 def forward_chunk(params: Params, images: jax.Array, norms: tuple[BlockNorm, ...]) -> jax.Array:
@@ -105,11 +105,11 @@ def forward_chunk(params: Params, images: jax.Array, norms: tuple[BlockNorm, ...
     w = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])
     n0 = norms[0]  # block 0's statistics come from the patches (pass 0), never from its output
     y = (_patches(images).reshape(n * size * size, -1) @ (w * n0.inv)).reshape(n, size, size, -1)
-    x = nn.relu(_pool(y) + (conv["bias"] - n0.mean) * n0.inv + norm["bias"])
+    x = nn.relu(max_pool(y) + (conv["bias"] - n0.mean) * n0.inv + norm["bias"])
     for block, bn in enumerate(norms[1:], start=1):
         y = _conv(params, block, x)
-        x = nn.relu(_pool(y * bn.inv + (params[f"EpisodeBatchNorm_{block}"]["bias"] - bn.mean * bn.inv)))
-    blocks = len([k for k in params if k.startswith("Conv_")])
+        x = nn.relu(max_pool(y * bn.inv + (params[f"EpisodeBatchNorm_{block}"]["bias"] - bn.mean * bn.inv)))
+    blocks = num_blocks(params)
     if len(norms) < blocks:
         return _conv(params, len(norms), x)
     return x.reshape(n, -1)
@@ -145,7 +145,7 @@ def batch_norms(params: Params, images_at: ImagesAt, n_stats: int, chunk: int) -
     k = 9  # 3x3 patches of one-channel images
     zero = Moments(jnp.float32(0.0), jnp.zeros(k, jnp.float32), jnp.zeros((k, k), jnp.float32))
     norms = (_block0_norm(params, scan_chunks(patch_fold, zero, n_stats, chunk)),)
-    blocks = len([key for key in params if key.startswith("Conv_")])
+    blocks = num_blocks(params)
     for block in range(1, blocks):
         def fold(acc: Moments, rows, valid, norms=norms):
             y = forward_chunk(params, images_at(rows), norms)
@@ -211,15 +211,3 @@ def episode_images_at(episode: Episode) -> ImagesAt:
         return jnp.where((rows < n_support)[:, None, None, None], support, query)
 
     return images_at
-
-
-def make_streamed_loss_fn(*, way: int, chunk: int, distance: str, scale: float, norm_stats: str):
-    """`loss(params, episode) -> scalar` as `protonet.make_loss_fn`, streaming the episode `chunk` rows at a time."""
-
-    def loss(params: Params, episode: Episode) -> jax.Array:
-        return streamed_loss_and_accuracy(
-            params, episode_images_at(episode), n_support=episode.support.shape[0], n_query=episode.query.shape[0],
-            way=way, chunk=chunk, distance=distance, scale=scale, norm_stats=norm_stats,
-        )[0]
-
-    return loss

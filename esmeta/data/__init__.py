@@ -3,7 +3,6 @@
 from esmeta.data.episodes import (
     Episode,
     episode_labels,
-    fixed_episode_keys,
     sample_episode,
     sample_episode_indices,
     to_float,
@@ -39,7 +38,6 @@ __all__ = [
     "default_cache_dir",
     "default_data_root",
     "episode_labels",
-    "fixed_episode_keys",
     "load_omniglot",
     "locate_zips",
     "sample_episode",

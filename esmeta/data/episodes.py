@@ -63,9 +63,3 @@ def sample_episode(key: jax.Array, images: jax.Array, way: int, shot: int, query
     support = chosen[:, :shot].reshape(way * shot, height, width)
     query_images = chosen[:, shot:].reshape(way * query, height, width)
     return Episode(support=to_float(support), query=to_float(query_images))
-
-
-def fixed_episode_keys(seed: int, n: int) -> jax.Array:
-    """n typed keys for evaluation episodes, from an eval seed independent of the training seed:
-    every run with the same eval seed is tested on exactly the same episodes."""
-    return jax.random.split(jax.random.key(seed), n)

@@ -12,7 +12,6 @@ import pytest
 from esmeta.data.episodes import (
     Episode,
     episode_labels,
-    fixed_episode_keys,
     sample_episode,
     sample_episode_indices,
     to_float,
@@ -20,6 +19,7 @@ from esmeta.data.episodes import (
 from esmeta.data.omniglot import Omniglot
 from esmeta.data.splits import split_classes
 from esmeta.errors import ConfigError
+from esmeta.train import episode_keys
 
 N_CLASSES, SIZE = 30, 6
 WAY, SHOT, QUERY = 5, 3, 4
@@ -128,13 +128,13 @@ def test_to_float_scales_and_adds_channel() -> None:
     np.testing.assert_allclose(out[..., 0], [[0.0, 0.2, 1.0]], rtol=1e-6)
 
 
-def test_fixed_episode_keys() -> None:
-    keys = fixed_episode_keys(seed=123, n=50)
+def test_evaluation_episode_keys_are_fixed_by_the_eval_key_and_distinct() -> None:
+    keys = episode_keys(jax.random.key(123), 50)
     assert keys.shape == (50,) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
     data = np.asarray(jax.random.key_data(keys))
-    np.testing.assert_array_equal(data, np.asarray(jax.random.key_data(fixed_episode_keys(123, 50))))
+    np.testing.assert_array_equal(data, np.asarray(jax.random.key_data(episode_keys(jax.random.key(123), 50))))
     assert len(np.unique(data, axis=0)) == 50
-    assert not np.array_equal(data, np.asarray(jax.random.key_data(fixed_episode_keys(124, 50))))
+    assert not np.array_equal(data, np.asarray(jax.random.key_data(episode_keys(jax.random.key(124), 50))))
     batched = jax.vmap(functools.partial(sample_episode_indices, n_classes=N_CLASSES, way=WAY, shot=SHOT, query=QUERY))
     class_idx, _ = batched(keys)
     assert class_idx.shape == (50, WAY) and len({tuple(r) for r in np.asarray(class_idx).tolist()}) > 40

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,19 @@ from jax.flatten_util import ravel_pytree
 from esmeta.config import EstimatorConfig
 from esmeta.estimators import make_estimator
 from esmeta.results import read_metrics, read_summary
-from esmeta.streaming import make_streamed_loss_fn
+from esmeta.streaming import episode_images_at, streamed_loss_and_accuracy
+
+
+def make_streamed_loss_fn(*, way: int, chunk: int, distance: str, scale: float, norm_stats: str):
+    """`loss(params, episode) -> scalar` as `protonet.make_loss_fn`, streaming the episode `chunk` rows at a time."""
+
+    def loss(params: Any, episode: Any) -> jax.Array:
+        return streamed_loss_and_accuracy(
+            params, episode_images_at(episode), n_support=episode.support.shape[0], n_query=episode.query.shape[0],
+            way=way, chunk=chunk, distance=distance, scale=scale, norm_stats=norm_stats,
+        )[0]
+
+    return loss
 
 
 def flat(tree) -> np.ndarray:
