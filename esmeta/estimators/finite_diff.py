@@ -7,14 +7,16 @@ The population (pop_per_shard x shards) probes all coordinates once when it is a
 count (the paper's "population = parameters + 1"; spare probes are evaluated and ignored), otherwise
 a fresh random subset of N distinct coordinates of the D each step (randomized coordinate steps).
 
-The paper does not pin down the step this makes; three readings are settings (defaults: the first of each):
-- `fd_reduce`: shards probe disjoint coordinates and their sparse estimates are SUMMED (`sum`), so g is
-  the finite-difference gradient on the probed coordinates whatever the shard count (equal to jax.grad
-  up to O(h) when all are probed: what the paper says FD computes, "the partial derivative ... with
-  respect to every parameter"), or AVERAGED (`mean`: the paper's all-reduce of Sec. II.F, = sum / shards);
-- `fd_rescale_subset`: with N < D probes, the estimate as is (`false`: E[g] = (N/D) grad F) or scaled by
-  D/N (`true`: E[g] = grad F, the unbiased randomized-coordinate estimate);
-- `estimator.optimizer`: the paper's plain update mu <- mu + alpha g (`sgd`) or Adam.
+The paper does not pin down the step this makes; three readings are settings:
+- `fd_reduce` (default `sum`): shards probe disjoint coordinates and their sparse estimates are SUMMED
+  (`sum`), so g is the finite-difference gradient on the probed coordinates whatever the shard count
+  (equal to jax.grad up to O(h) when all are probed: what the paper says FD computes, "the partial
+  derivative ... with respect to every parameter"), or AVERAGED (`mean`: the paper's all-reduce of
+  Sec. II.F, = sum / shards);
+- `fd_rescale_subset` (default `false`): with N < D probes, the estimate as is (`false`: E[g] = (N/D)
+  grad F) or scaled by D/N (`true`: E[g] = grad F, the unbiased randomized-coordinate estimate);
+- `estimator.optimizer`: Adam (the default: its steps are scale-free, so the two readings above do not
+  change them, and it is the reading that fits the paper's Table VII) or the plain mu <- mu + alpha g (`sgd`).
 Forward passes run at full float32 precision unless `fitness_precision=default`: TF32/bf16 matmuls would
 drown a 1e-3 difference.
 """

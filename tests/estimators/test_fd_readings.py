@@ -15,6 +15,7 @@ import pytest
 from esmeta.config import EstimatorConfig
 from esmeta.estimators import make_estimator
 from esmeta.estimators.finite_diff import probe_coordinates
+from esmeta.run import check_overrides
 from esmeta.train import make_optimizer
 
 D, H = 6, 0.25
@@ -80,3 +81,37 @@ def test_the_update_rule_sgd_or_adam(name):
     step = alpha * g if name == "sgd" else alpha * g / (np.abs(g) + 1e-8)
     # float32 parameters of size ~1: a step of 1e-2 is represented to ~1e-9; 1e-7 is a safe bound.
     np.testing.assert_allclose(got, X + step, rtol=0, atol=1e-7)
+
+
+def test_the_default_reading_is_adam_on_the_summed_unscaled_estimate():
+    """The decided default (docs/reproduction.md): Adam; sum and no rescale, which Adam makes moot."""
+    (config,) = check_overrides(["estimator=finite_diff"])
+    est = config.estimator
+    assert (est.optimizer, est.fd_reduce, est.fd_rescale_subset) == ("adam", "sum", False)
+    assert config.alpha == 5e-3  # the paper's v3-8 learning rate
+
+
+def test_under_adam_sum_mean_and_rescale_give_one_trajectory():
+    """Adam divides by the gradient's running RMS, so the readings' constant factors (1, 1/2, D/N, D/2N)
+    leave ten steps on random probe subsets unchanged, while under sgd they move mu by different amounts."""
+
+    def trajectory(optimizer: str, **settings) -> np.ndarray:
+        config = EstimatorConfig(name="finite_diff", optimizer=optimizer, pop_per_shard=1, fd_sigma=H, **settings)
+        step_fn = jax.jit(make_estimator(config, 0.0, loss, None, 2))
+        opt = make_optimizer(0.05, config)
+        mu = {"x": jnp.asarray(X, jnp.float32)}
+        state = opt.init(mu)
+        for step in range(10):
+            g, _ = step_fn(jax.random.fold_in(KEY, step), mu, None)
+            updates, state = opt.update(jax.tree.map(jnp.negative, g), state, mu)
+            mu = optax.apply_updates(mu, updates)
+        return np.asarray(mu["x"], np.float64)
+
+    readings = [dict(fd_reduce=r, fd_rescale_subset=s) for r in ("sum", "mean") for s in (False, True)]
+    adam = [trajectory("adam", **reading) for reading in readings]
+    for other in adam[1:]:
+        # Adam's 1e-8 epsilon against |g| >= 1e-2 per probed step, on float32 parameters of size ~1.
+        np.testing.assert_allclose(other, adam[0], rtol=0, atol=1e-5)
+    assert np.abs(adam[0] - X).max() > 0.1  # ten steps of 0.05 moved it
+    sgd = [trajectory("sgd", **reading) for reading in readings]
+    assert min(np.abs(a - b).max() for i, a in enumerate(sgd) for b in sgd[i + 1:]) > 1e-3
