@@ -5,6 +5,7 @@ Modules, one job each:
   wandb_source  the same `Results` from W&B's public API
   paper         the paper's Tables I-VII (copied as CSV into `paper_tables/`) and the sweep manifest
   tables        match runs to the paper's rows; format, render (markdown, LaTeX, CSV)
+  settings      the settings a paper row leaves unnamed: one per cell, the defaults first
   memory        the analytic memory table of Section II.E (backprop, forward mode, ES)
   figures       Figures 1-5 (matplotlib, Agg)
   cli           argument parsing and error reporting shared by the two scripts

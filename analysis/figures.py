@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 from .load import Results  # noqa: E402
 from .paper import Entry, load_paper_table, parse_number  # noqa: E402
+from .settings import one_setting  # noqa: E402
 from .tables import LEARNING_RATE, aggregate, display_value, latest_per_seed, match_runs  # noqa: E402
 
 FIGSIZE = (6.4, 4.8)  # inches
@@ -210,7 +211,8 @@ def _curves(spec: FigureSpec, rows: list[Row], results: Results, ax: plt.Axes, c
     missing, drawn = [], []
     for label in dict.fromkeys(spec.line(r) for r in rows):
         group = [r for r in rows if spec.line(r) == label]
-        matched = pd.concat([latest_per_seed(match_runs(results.runs, pd.Series(r)))[0] for r in group])
+        matched = pd.concat([latest_per_seed(one_setting(match_runs(results.runs, pd.Series(r)))[0])[0]
+                             for r in group])
         matched = matched[~matched.index.duplicated()]
         per_run = []
         for run_id in matched.get("run_id", []):

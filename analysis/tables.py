@@ -8,6 +8,10 @@ cell of the row equals the run's *requested* config value (floats to 1e-6 relati
   train_way / shot / test_way -> task, distance -> distance name (only where the table has it).
 A run may match rows of several tables (the paper repeats configurations).
 
+A cell holds runs of one setting: runs that match a row but differ in a setting it does not name
+(estimator.optimizer, the finite-difference readings, data.split, ...; see `settings`) are not
+averaged; the defaults' runs are shown, the others named in the notes.
+
 A seed counts once: where one ran more than once for a row (a rerun, a second sweep), its latest
 completed or collapsed run is used (a failed rerun never replaces a result), and the notes say how
 many earlier runs were left out. Repeats of a seed are not independent samples.
@@ -31,6 +35,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from .paper import Entry, config_columns, is_close, paper_text, parse_number
+from .settings import one_setting
 
 DECIMALS = 3
 PAPER_EPISODES = 200 * 100  # the paper's budget: 200 epochs of 100 episodes
@@ -257,6 +262,7 @@ def aggregate(matched: pd.DataFrame, command: str) -> Cell:
     """Our cell from the runs that matched one paper row (see the module docstring)."""
     if matched.empty:
         return Cell("-", notes=(f"no run matched; run `{command}` (add `scale=smoke` for a quick version)",))
+    matched, setting_notes = one_setting(matched)
     matched, superseded = latest_per_seed(matched)
     status = matched["status"]
     done = matched[(status == "completed") & matched["test_accuracy"].map(_finite)]
@@ -264,7 +270,7 @@ def aggregate(matched: pd.DataFrame, command: str) -> Cell:
     skipped = int((status == "skipped").sum())
     failed = len(matched) - len(done) - collapsed - skipped
     counts = dict(runs=len(matched), completed=len(done), collapsed=collapsed, failed=failed, skipped=skipped)
-    notes = []
+    notes = list(setting_notes)
     if failed:
         lost = ~matched.index.isin(done.index) & ~status.isin(("collapsed", "skipped"))
         errors = [str(e) for e in matched.loc[lost, "error"] if isinstance(e, str) and e]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+DEFAULT_OPTIMIZER = {"backprop": "adam", "finite_diff": "adam", "forward_mode": "adam", "wsr": "sgd"}
 SHARDS = {"cpu": 1, "cpu8": 8, "gpu": 0, "tpu-v3-8": 8, "tpu-v3-256": 256, "tpu-v2-512": 512}
 
 
@@ -28,6 +29,7 @@ def run_config(
     scale: str = "paper",
     norm_stats: str = "episode",
     max_minutes: float = 0,
+    optimizer: str | None = None,
 ) -> dict[str, Any]:
     """The nested requested config a run records (esmeta.config.Config.to_dict's shape)."""
     return {
@@ -42,7 +44,8 @@ def run_config(
         "train": {"epochs": 200, "episodes_per_epoch": 100, "max_minutes": max_minutes,
                   **({"budget_clock": "cpu"} if max_minutes else {})},
         "eval": {"val_episodes": 1, "test_episodes": 200, "seed": 2021},
-        "estimator": {"name": estimator, "optimizer": "sgd", "pop_per_shard": pop_per_shard, "fd_sigma": 0.001,
+        "estimator": {"name": estimator, "optimizer": optimizer or DEFAULT_OPTIMIZER.get(estimator, "sgd"),
+                      "pop_per_shard": pop_per_shard, "fd_sigma": 0.001,
                       "central": False, "antithetic": False},
         "hardware": {"name": hardware, "shards": SHARDS[hardware], "platform": "any"},
         "logger": {"name": "none"},
