@@ -44,10 +44,8 @@ from typing import Any
 import pandas as pd
 
 from esmeta.config import POPULATION_ESTIMATORS
+from esmeta.results import DONE, METRICS, SUMMARY
 
-SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
-DONE = "done"
 # Any of these in a directory makes it a run directory (complete or not).
 RUN_MARKERS = (DONE, SUMMARY, METRICS, "params.msgpack", ".hydra")
 

@@ -15,7 +15,7 @@ from esmeta.config import Config, from_mapping
 from esmeta.data.episodes import to_float
 from esmeta.errors import DataError, EsmetaError
 from esmeta.protonet import BatchStats, Params, embed, init_batch_stats, init_params
-from esmeta.results import BATCH_STATS, PARAMS, SUMMARY
+from esmeta.results import BATCH_STATS, DONE, PARAMS, SUMMARY
 from esmeta.train import read_finished_summary
 
 
@@ -57,7 +57,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     the statistics of all the images passed in: embed a whole episode (support and query) at once.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "done").exists() or not (run_dir / PARAMS).exists():
+    if not (run_dir / DONE).exists() or not (run_dir / PARAMS).exists():
         raise DataError(f"{run_dir} holds no finished run (no `done` marker or {PARAMS}); pass a run's output directory")
     summary = read_finished_summary(run_dir)
     try:

@@ -9,7 +9,7 @@ from esmeta.data.episodes import (
 )
 from esmeta.data.omniglot import (
     EXPECTED_CHARACTERS,
-    NUM_IMAGES_PER_CLASS,
+    IMAGES_PER_CLASS,
     UPSTREAM_MD5,
     UPSTREAM_URL,
     ZIP_NAMES,
@@ -25,7 +25,7 @@ from esmeta.data.splits import PAPER_SPLIT_SIZES, SPLITS, split_classes, split_s
 
 __all__ = [
     "EXPECTED_CHARACTERS",
-    "NUM_IMAGES_PER_CLASS",
+    "IMAGES_PER_CLASS",
     "PAPER_SPLIT_SIZES",
     "SPLITS",
     "UPSTREAM_MD5",

@@ -26,12 +26,12 @@ import numpy as np
 import platformdirs
 from PIL import Image, ImageOps
 
+from esmeta.config import IMAGES_PER_CLASS, RESIZE_FILTERS
 from esmeta.errors import ConfigError, DataError
 from esmeta.results import atomic_writer, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-NUM_IMAGES_PER_CLASS = 20
 ZIP_NAMES = ("images_background.zip", "images_evaluation.zip")
 EXPECTED_CHARACTERS = {"images_background.zip": 964, "images_evaluation.zip": 659}
 UPSTREAM_MD5 = {
@@ -41,7 +41,6 @@ UPSTREAM_MD5 = {
 UPSTREAM_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}"
 
 ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise; class k of a character is np.rot90(img, k)
-RESIZE_FILTERS = ("antialias", "nearest")
 SOURCE_SIZE = 105  # side of every official Omniglot PNG
 CACHE_FORMAT_VERSION = 2  # bump when preprocessing changes, so stale caches are not reused
 DOWNLOAD_TIMEOUT_S = 10.0
@@ -167,11 +166,11 @@ def check_zip(path: Path) -> None:
             f"{path} holds {len(chars)} characters, expected {expected}; the file is incomplete, "
             f"replace it with the official one or {_FIX_HINT}"
         )
-    wrong = sorted(f"{a}/{c}" for (a, c), names in chars.items() if len(names) != NUM_IMAGES_PER_CLASS)
+    wrong = sorted(f"{a}/{c}" for (a, c), names in chars.items() if len(names) != IMAGES_PER_CLASS)
     if wrong:
         raise DataError(
             f"{path}: {len(wrong)} characters (first {wrong[0]}) do not have exactly "
-            f"{NUM_IMAGES_PER_CLASS} PNGs; replace it with the official file or {_FIX_HINT}"
+            f"{IMAGES_PER_CLASS} PNGs; replace it with the official file or {_FIX_HINT}"
         )
 
 
@@ -242,7 +241,7 @@ def _preprocess(zips: dict[str, Path], image_size: int, resize_filter: str) -> O
     """Decode and resize all 32,460 PNGs, serially: ~10 s, and threads only add GIL contention."""
     characters, names = _read_characters(zips)
     resample = _resample(resize_filter)
-    images = np.empty((len(names), NUM_IMAGES_PER_CLASS, image_size, image_size), np.uint8)
+    images = np.empty((len(names), IMAGES_PER_CLASS, image_size, image_size), np.uint8)
     for i, pngs in enumerate(characters):
         images[4 * i : 4 * i + 4] = _preprocess_character(pngs, image_size, resample)  # rot000..rot270
     return Omniglot(images=images, class_names=tuple(names))
@@ -279,7 +278,7 @@ def _cache_problem(npz: Any, meta: str, image_size: int) -> str | None:
     """Why an opened cache cannot serve this request (another key, other zips, a wrong shape), or None."""
     if str(npz["meta"]) != meta:
         return "built for other settings or from other zips"
-    shape = (NUM_CLASSES, NUM_IMAGES_PER_CLASS, image_size, image_size)
+    shape = (NUM_CLASSES, IMAGES_PER_CLASS, image_size, image_size)
     if npz["images"].shape != shape or npz["images"].dtype != np.uint8 or len(npz["class_names"]) != NUM_CLASSES:
         return f"holds {npz['images'].dtype}{list(npz['images'].shape)}, expected uint8{list(shape)}"
     return None

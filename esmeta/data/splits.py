@@ -21,6 +21,7 @@ from importlib import resources
 
 import numpy as np
 
+from esmeta.config import SPLITS
 from esmeta.errors import ConfigError, DataError
 
 PAPER_SPLIT_SIZES = (4804, 1012, 676)  # train / val / test, Sheng & He 2021 Sec. III.B
@@ -36,7 +37,6 @@ BACKGROUND_ALPHABETS = frozenset({
     "Malay_(Jawi_-_Arabic)", "Mkhedruli_(Georgian)", "N_Ko", "Ojibwe_(Canadian_Aboriginal_Syllabics)", "Sanskrit",
     "Syriac_(Estrangelo)", "Tagalog", "Tifinagh",
 })
-SPLITS = ("paper", "vinyals", "lake")
 PARTS = ("train", "val", "test")
 
 

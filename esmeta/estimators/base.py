@@ -17,7 +17,6 @@ Batch = Any  # whatever the loss takes as its second argument (an Episode for th
 LossFn = Callable[[Params, Batch], jax.Array]  # pure scalar loss, jittable
 EstimateFn = Callable[[jax.Array, Params, Batch], tuple[Params, dict[str, jax.Array]]]
 
-AXIS = "shards"  # the one mesh axis; every collective reduces over it
 
 
 def fitness_from_loss(loss: jax.Array) -> jax.Array:

@@ -19,7 +19,8 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from esmeta.errors import ConfigError
-from esmeta.estimators.base import AXIS, Batch, EstimateFn, Params, population_metrics
+from esmeta.estimators.base import Batch, EstimateFn, Params, population_metrics
+from esmeta.hardware import AXIS
 
 # Floats of noise the automatic chunk draws at once (2 MiB). XLA holds several times that while drawing:
 # threefry's counters and rounds about 4x the floats drawn, the per-leaf slices more. Measured with
