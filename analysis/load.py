@@ -44,10 +44,10 @@ from typing import Any
 import pandas as pd
 
 from esmeta.config import POPULATION_ESTIMATORS
-from esmeta.results import DONE, METRICS, SUMMARY
+from esmeta.results import DONE, METRICS, PARAMS, SUMMARY, read_metrics
 
 # Any of these in a directory makes it a run directory (complete or not).
-RUN_MARKERS = (DONE, SUMMARY, METRICS, "params.msgpack", ".hydra")
+RUN_MARKERS = (DONE, SUMMARY, METRICS, PARAMS, ".hydra")
 
 SUMMARY_FLOATS = (
     "test_accuracy",
@@ -242,23 +242,6 @@ def _incomplete_reason(path: Path) -> str:
     return "no `done` marker: the run did not finish"
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    file = path / METRICS
-    if not file.is_file():
-        return []
-    rows = []
-    for number_, line in enumerate(file.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"unreadable {METRICS} line {number_}: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"unreadable {METRICS} line {number_}: {type(row).__name__}, not a JSON object")
-            rows.append(row)
-    return rows
-
-
 def load_results(root: str | Path) -> Results:
     """All complete runs under `root` (the runs' `done` markers), their curves, and the runs skipped."""
     root = Path(root)
@@ -272,7 +255,7 @@ def load_results(root: str | Path) -> Results:
             summary = json.loads((path / SUMMARY).read_text())
             if not isinstance(summary, dict):
                 raise ValueError(f"{SUMMARY} is not a JSON object")
-            metrics = _read_metrics(path)
+            metrics = read_metrics(path)
         except FileNotFoundError:
             skipped.append(Skipped(run_id, f"`done` marker but no {SUMMARY}"))
             continue

@@ -231,8 +231,19 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / SUMMARY).read_text())
 
 
-def read_metrics(run_dir: str | Path) -> Iterator[dict[str, Any]]:
-    with open(Path(run_dir) / METRICS) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row of a run's metrics file ([] where it has none); ValueError naming the first unreadable line."""
+    file = Path(run_dir) / METRICS
+    if not file.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"unreadable {METRICS} line {number}: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"unreadable {METRICS} line {number}: {type(row).__name__}, not a JSON object")
+            rows.append(row)
+    return rows
