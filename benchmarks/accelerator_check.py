@@ -22,12 +22,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _data import add_data_args, run_main, train_images
-from population_throughput import QUERY, SHOT, SIZE, WAY, matmul_peak_gflops, measure
+from _data import add_data_args, run_main
+from population_throughput import QUERY, SHOT, SIGMA, SIZE, WAY, fast_loss, fixed_episode, matmul_peak_gflops, measure
 
-from esmeta.data.episodes import sample_episode
 from esmeta.estimators.wsr import candidate_noise, shape_fitness
-from esmeta.protonet import init_params, make_loss_fn
+from esmeta.protonet import init_params
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,12 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def precision_check(channels: int, population: int, episode, common: dict) -> dict:
     """wsr's fitnesses of candidates 0..population-1 at default and at "highest" matmul precision."""
     mu = init_params(jax.random.key(1), channels, SIZE)
-    loss = make_loss_fn(way=WAY, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
+    loss = fast_loss(channels)
     key = jax.random.key(2)
 
     def fitnesses(precision: str | None):
         def fitness(i):
-            return -loss(jax.tree.map(jnp.add, mu, candidate_noise(key, mu, i, 0.01, False)), episode)
+            return -loss(jax.tree.map(jnp.add, mu, candidate_noise(key, mu, i, SIGMA, False)), episode)
 
         def all_of():  # the precision applies while tracing, so each setting is its own program
             if precision is None:
@@ -94,8 +93,7 @@ def table1_row(args: argparse.Namespace, common: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    train = train_images(args, SIZE)
-    episode = jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(0), train, WAY, SHOT, QUERY)
+    episode = fixed_episode(args)
     peak = matmul_peak_gflops()
     common = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
               "cores": len(os.sched_getaffinity(0)), "way": WAY, "shot": SHOT, "query": QUERY,

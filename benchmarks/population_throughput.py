@@ -31,6 +31,7 @@ from esmeta.estimators import make_estimator
 from esmeta.protonet import ConvEmbedding, init_params, make_loss_fn, prototypes, similarity
 
 WAY, SHOT, QUERY, SIZE = 10, 5, 5, 32
+SIGMA = 0.01
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +41,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-cap", type=int, default=64, help="most candidates the naive vmap evaluates at once")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per point (the best is kept)")
     return parser.parse_args(argv)
+
+
+def fixed_episode(args: argparse.Namespace):
+    """The one real 10-way 5-shot 5-query 32x32 episode (key 0) of the paper split's train classes."""
+    train = train_images(args, SIZE)
+    return jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(0), train, WAY, SHOT, QUERY)
+
+
+def fast_loss(channels: int):
+    """esmeta's own loss as training builds it (protonet.make_loss_fn: the fast embedding)."""
+    return make_loss_fn(way=WAY, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
+
+
+def wsr_estimate(loss, population: int):
+    """The jitted wsr estimate(key, params, episode) of `population` candidates (one shard) at SIGMA, as training
+    runs it: the config's defaults (z-scored fitnesses, independent candidates, full float32 fitnesses)."""
+    config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=population)
+    return jax.jit(make_estimator(config, SIGMA, loss, None, 1))
 
 
 def forward_flops(channels: int, n_images: int = WAY * (SHOT + QUERY), size: int = SIZE) -> float:
@@ -80,31 +99,35 @@ def naive_loss_fn(channels: int):
     return loss
 
 
+def rate_row(channels: int, population: int, impl: str, n: int, seconds: float, params: int, peak: float,
+             common: dict) -> dict:
+    """One JSON row: n candidates evaluated in `seconds`, as candidates/s, GFLOP/s (forward_flops) and share of peak."""
+    rate = n / seconds
+    gflops = rate * forward_flops(channels) / 1e9
+    return {"channels": channels, "population": population, "impl": impl, "measured_candidates": n, "params": params,
+            "seconds": round(seconds, 4), "candidates_per_s": round(rate, 1), "gflops": round(gflops, 2),
+            "share_of_matmul_peak": round(gflops / peak, 4), **common}
+
+
 def measure(channels: int, populations, episode, args: argparse.Namespace, peak: float, common: dict) -> list[dict]:
     """The esmeta and naive_vmap rows (printed as JSON lines) of one channel count at each population."""
     rows = []
     mu = init_params(jax.random.key(1), channels, SIZE)
     flat, unravel = ravel_pytree(mu)
-    flops = forward_flops(channels)
-    loss = make_loss_fn(way=WAY, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
+    loss = fast_loss(channels)
     naive_loss = jax.jit(jax.vmap(naive_loss_fn(channels), in_axes=(0, None)))
     for population in populations:
-        config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=population)
-        estimate = jax.jit(make_estimator(config, 0.01, loss, None, 1))
+        estimate = wsr_estimate(loss, population)
         seconds = best_seconds(lambda estimate=estimate: estimate(jax.random.key(2), mu, episode), args.repeats)
         n_naive = min(population, args.naive_cap)
 
         def naive(n_naive: int = n_naive):  # materialize the population matrix, then vmap the loss over it
-            noise = 0.01 * jax.random.normal(jax.random.key(2), (n_naive, flat.size))
+            noise = SIGMA * jax.random.normal(jax.random.key(2), (n_naive, flat.size))
             return naive_loss(jax.vmap(unravel)(flat + noise), episode)
 
         naive_seconds = best_seconds(naive, args.repeats)
         for impl, n, secs in (("esmeta", population, seconds), ("naive_vmap", n_naive, naive_seconds)):
-            rate = n / secs
-            row = {"channels": channels, "population": population, "impl": impl, "measured_candidates": n,
-                   "params": int(flat.size), "seconds": round(secs, 4), "candidates_per_s": round(rate, 1),
-                   "gflops": round(rate * flops / 1e9, 2), "share_of_matmul_peak": round(rate * flops / 1e9 / peak, 4),
-                   **common}
+            row = rate_row(channels, population, impl, n, secs, int(flat.size), peak, common)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -112,8 +135,7 @@ def measure(channels: int, populations, episode, args: argparse.Namespace, peak:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    train = train_images(args, SIZE)
-    episode = jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(0), train, WAY, SHOT, QUERY)
+    episode = fixed_episode(args)
     peak = matmul_peak_gflops()
     channels_list, populations = ((16,), (64,)) if args.quick else ((16, 32, 64), (64, 256, 1024))
     common = {"backend": jax.default_backend(), "jax": jax.__version__, "cores": len(os.sched_getaffinity(0)),

@@ -1,6 +1,7 @@
 """Every benchmark runs in its --quick form and prints well-formed JSON lines (their figures live in the README)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -104,3 +105,33 @@ def test_accelerator_check_quick(tmp_path, omniglot32):
     [row] = [r for r in lines if r["check"] == "table1"]
     assert row["status"] == "completed" and row["episodes"] == 2 and 0.0 <= row["test_accuracy"] <= 1.0
     assert (Path(row["run_dir"]) / "done").exists()
+
+
+def test_vs_evosax_quick(tmp_path, omniglot32):
+    pytest.importorskip("evosax", reason='evosax (the optional extra `pip install -e ".[bench]"`) is not installed')
+    lines = run_quick("vs_evosax.py", tmp_path)
+    rows = [r for r in lines if "impl" in r]
+    assert sorted(r["impl"] for r in rows) == sorted(["esmeta", "evosax_vmap", "evosax_map", "evosax_naive"])
+    for row in rows:
+        assert {"channels", "population", "candidates_per_s", "share_of_matmul_peak", "matmul_peak_gflops",
+                "peak_bytes", "processor"} <= row.keys()
+        assert math.isfinite(row["candidates_per_s"]) and row["candidates_per_s"] > 0, row
+        assert 0 < row["share_of_matmul_peak"] < 1.5 and row["peak_bytes"] > 0
+    [check] = [r for r in lines if r.get("check") == "same_noise_cosine"]
+    # evosax's tell is given wsr's own candidates and their losses, so both compute eq. 9 from the same numbers:
+    # the cosine is 1 and the norm ratio 1 up to float32 rounding (measured 1.0 and 1.000001). The thresholds
+    # leave that rounding room and still fail a real difference: evosax's default centered ranks in place of
+    # z-scores give cosine 0.97 (norm ratio 0.29), a sign error -1, other noise ~0 (|g| is mostly noise at D >> N).
+    assert check["cosine"] > 0.999 and abs(check["norm_ratio"] - 1) < 1e-3, check
+
+
+def test_vs_evosax_without_evosax_says_how_to_install(tmp_path):
+    shadow = tmp_path / "evosax"  # an `evosax` that fails to import, found before the installed one (if any)
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('No module named evosax')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "vs_evosax.py"), "--quick"], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install -e ".[bench]"' in lines[0], proc.stderr
