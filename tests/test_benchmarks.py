@@ -135,3 +135,18 @@ def test_vs_evosax_without_evosax_says_how_to_install(tmp_path):
     assert proc.returncode == 0 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install -e ".[bench]"' in lines[0], proc.stderr
+
+
+def test_profile_step_quick(tmp_path, omniglot32):
+    lines = run_quick("profile_step.py", tmp_path)
+    parts = {r["part"]: r for r in lines if "part" in r}
+    assert {"wsr_full", "fitness_only", "noise_regen", "noise_sum", "residual", "hlo"} <= parts.keys()
+    for name in ("wsr_full", "fitness_only", "noise_regen", "noise_sum"):
+        assert parts[name]["ms_per_candidate"] > 0 and parts[name]["matmul_peak_gflops"] > 0, parts[name]
+    assert parts["hlo"]["convolutions"] >= 3  # blocks 2-4 are convolutions in the compiled fitness
+    stages = {r["stage"]: r for r in lines if "stage" in r}
+    main = ("block1", "block2", "block3", "block4", "head")
+    assert set(main) | {"block1.patches", "block1.moments", "block1.apply", "loss_fused"} <= stages.keys()
+    assert sum(stages[s]["share_of_stage_sum"] for s in main) == pytest.approx(1.0, abs=1e-3)
+    # block 2 at 16 channels: a 3x3 conv 16 -> 16 on 100 images of 16x16, 2*H*W*9*Cin*Cout*images FLOPs.
+    assert stages["block2"]["flops"] == 2 * 16 * 16 * 9 * 16 * 16 * 100
