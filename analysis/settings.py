@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from .paper import is_close
+
 SETTINGS = (
     "estimator.optimizer",
     "estimator.lr_decay_every",
@@ -57,9 +59,9 @@ def _recorded(run: pd.Series, key: str) -> Any:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool | str):
-        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=0.0)
-    return a == b
+    """Numbers as the paper's cells are matched (`paper.is_close`), everything else (bools included) exactly."""
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+    return is_close(float(a), float(b)) if numbers else a == b
 
 
 def differences(run: pd.Series, reference: dict[str, Any]) -> dict[str, Any]:
