@@ -20,12 +20,11 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from esmeta import sweeps
 from esmeta.config import Config, from_mapping
 from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError, first_line
+from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME, USAGE_HINT
 
-CONFIG_MODULE = "esmeta.conf"
-CONFIG_NAME = "config"
-USAGE_HINT = "see `python -m esmeta.run --help`"
 log = logging.getLogger("esmeta.run")  # by name: run as `python -m esmeta.run`, __name__ is "__main__"
 
 
@@ -57,42 +56,6 @@ def _hydra_error_message(e: Exception) -> str:
         key = text.split("'")[1] if "'" in text else "?"
         return f"unknown setting {key}; {USAGE_HINT} for the settings there are (or prefix + to add a new key)"
     return f"{text}; {USAGE_HINT}"
-
-
-def _sweep_values(override, group_options) -> list[str]:
-    """`key=value` for every value of one parsed override (a glob over a config group expands to its options)."""
-    from hydra.core.override_parser.types import Glob
-
-    key = override.get_key_element()
-    if not override.is_sweep_override():
-        return [override.input_line]
-    if isinstance(override.value(), Glob):
-        return [f"{key}={v}" for v in override.value().filter(group_options(override.key_or_group))]
-    return [f"{key}={v}" for v in override.sweep_string_iterator()]
-
-
-def _override_variants(overrides: Sequence[str], group_options=lambda group: []) -> list[list[str]]:
-    """Override lists that cover every value of every sweep: the first values, then one change at a time."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    options = [_sweep_values(o, group_options) for o in parsed]
-    for o, values in zip(parsed, options):
-        if not values:
-            raise ConfigError(f"{o.input_line} matches no option of {o.key_or_group}; {USAGE_HINT}")
-    firsts = [values[0] for values in options]
-    variants = [firsts]
-    for i, values in enumerate(options):
-        for v in values[1:]:
-            variants.append(firsts[:i] + [v] + firsts[i + 1 :])
-    return variants
-
-
-def _stored_sweep(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
-    """A stored sweep's grid (hydra.sweeper.params) as overrides, less the keys the command line sets itself."""
-    params = cfg.hydra.get("sweeper", {}).get("params") or {}
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    return [f"{k}={v}" for k, v in params.items() if k not in given]
 
 
 def _output_dir(hydra_cfg: Any, multirun: bool) -> Path:
@@ -142,7 +105,6 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
     from hydra.errors import OverrideParseException
 
     from esmeta.results import ensure_writable_dir
-    from esmeta.sweeps import PRODUCT_LIMIT, job_overrides, product_size
 
     def compose_one(variant: Sequence[str]) -> DictConfig:
         try:
@@ -152,27 +114,26 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
 
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        group_options = lambda group: sorted(loader.get_group_options(group))  # noqa: E731
         parser = OverridesParser.create(config_loader=loader)
         try:
-            variants = _override_variants(overrides, group_options)
+            variants = sweeps.covering_variants(overrides)
             base = compose_one(variants[0])
             multirun = multirun or str(base.hydra.get("mode")).endswith("MULTIRUN")  # a stored sweep sets it
-            stored = dict(base.hydra.get("sweeper", {}).get("params") or {}) if multirun else {}
-            total = product_size(overrides, stored, loader) if multirun else 1
-            complete = total <= PRODUCT_LIMIT
+            stored = sweeps.stored_grid(base.hydra) if multirun else {}
+            total = sweeps.product_size(overrides, stored, loader) if multirun else 1
+            complete = total <= sweeps.PRODUCT_LIMIT
             if not multirun:
                 variants = [list(overrides)]
             elif complete:  # the whole product, in launch order
-                variants = job_overrides(overrides, stored, loader)
+                variants = sweeps.job_overrides(overrides, stored, loader)
             elif stored:  # too many to list: each value of the stored grid and of the command line once
-                variants = _override_variants([*overrides, *_stored_sweep(base, overrides)], group_options)
+                variants = sweeps.covering_variants([*overrides, *sweeps.grid_overrides(stored, overrides)])
             parsed = [parser.parse_overrides(list(v)) for v in variants]
         except OverrideParseException as e:
             raise ConfigError(f"cannot parse the overrides: {first_line(e)}") from None
         out = _output_dir(base.hydra, multirun)
         dirname = base.hydra.job.config.override_dirname
-        compose_cached = _cached_compose(compose_one, loader)
+        compose_cached = _cached_compose(compose_one)
         jobs = []
         for number, job_parsed in enumerate(parsed):
             variant = [o.input_line for o in job_parsed if not o.is_hydra_override()]  # the job's task overrides
@@ -194,7 +155,7 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
     return Plan(jobs, out, multirun, complete, total)
 
 
-def _cached_compose(compose_one: Any, loader: Any) -> Any:
+def _cached_compose(compose_one: Any) -> Any:
     """Compose a job's config, once per distinct set of config-group choices: a job that differs only in plain
     values (alpha=1,2,3) is that composition with its values set, as Hydra sets them after the defaults."""
     cache: dict[tuple[str, ...], DictConfig] = {}
@@ -202,7 +163,7 @@ def _cached_compose(compose_one: Any, loader: Any) -> Any:
     def is_plain_value(o: Any) -> bool:
         key = o.key_or_group
         return (o.package is None and not o.is_add() and not o.is_delete() and not o.is_force_add()
-                and not o.is_hydra_override() and not loader.get_group_options(key.replace(".", "/")))
+                and not o.is_hydra_override() and not sweeps.group_options(key.replace(".", "/")))
 
     def compose_job(parsed: list[Any]) -> DictConfig:
         values = [o for o in parsed if is_plain_value(o)]
@@ -310,14 +271,13 @@ def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any
 def dry_run(overrides: Sequence[str], multirun: bool = False) -> str:
     """What a command would run, job by job: its overrides, where it writes and how its configuration differs
     from the defaults. Everything is checked as before a real launch; nothing runs and nothing is written."""
-    from esmeta.sweeps import PRODUCT_LIMIT
 
     plan = plan_jobs(overrides, multirun)
     defaults = _flat(plan_jobs([]).jobs[0].config.to_dict())
     what = "job" if plan.total == 1 else "jobs"
     lines = [f"dry run: {plan.total} {what} -> {plan.out} (nothing runs, nothing is written)"]
     if not plan.complete:
-        lines.append(f"  more than {PRODUCT_LIMIT} jobs: each value of each swept key is shown (and was checked) once")
+        lines.append(f"  more than {sweeps.PRODUCT_LIMIT} jobs: each value of each swept key is shown (and was checked) once")
     for job in plan.jobs:
         differ = " ".join(f"{k}={v}" for k, v in _flat(job.config.to_dict()).items() if defaults.get(k) != v)
         lines.append(f"#{job.number} {' '.join(job.overrides) or '(no overrides)'}")

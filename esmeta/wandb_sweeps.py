@@ -15,42 +15,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from esmeta.errors import ConfigError
+from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME, expand, stored_grid, sweep_names
 
-CONFIG_MODULE = "esmeta.conf"
 DEFAULT_OUT = Path("sweeps/wandb")
 METRIC = {"name": "test_accuracy", "goal": "maximize"}  # summary.json's, and the W&B run summary's
-
-
-def sweep_names() -> list[str]:
-    """The stored Hydra sweeps: the option names of the `sweep` config group."""
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files(CONFIG_MODULE).joinpath("sweep").iterdir()
-                  if p.name.endswith(".yaml"))
-
-
-def _group_options(group: str) -> list[str]:
-    """Option names of a config group (conf/<group>/*.yaml), the names a glob() is matched against."""
-    folder = resources.files(CONFIG_MODULE).joinpath(*group.split("/"))
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def expand(key: str, value: str) -> list[str]:
-    """The values Hydra's basic sweeper runs for `key=value`: a choice list, range() or glob() over a group."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import Glob
-
-    override = OverridesParser.create().parse_override(f"{key}={value}")
-    if isinstance(override.value(), Glob):
-        return override.value().filter(_group_options(key))
-    if override.is_sweep_override():
-        return list(override.sweep_string_iterator())
-    return [override.get_value_element_as_str()]
 
 
 def wandb_sweep(name: str, extra: Sequence[str] = ()) -> dict[str, Any]:
@@ -62,8 +36,8 @@ def wandb_sweep(name: str, extra: Sequence[str] = ()) -> dict[str, Any]:
     if name not in names:
         raise ConfigError(f"sweep {name!r} is not a stored sweep; choose one of: {', '.join(names)}")
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        cfg = compose("config", overrides=[f"sweep={name}"], return_hydra_config=True)
-    params = {str(k): str(v) for k, v in cfg.hydra.sweeper.params.items()}
+        cfg = compose(CONFIG_NAME, overrides=[f"sweep={name}"], return_hydra_config=True)
+    params = stored_grid(cfg.hydra)
     if not params:
         raise ConfigError(f"conf/sweep/{name}.yaml sets no hydra.sweeper.params; there is no grid to run")
     sweep: dict[str, Any] = {"name": " ".join([name, *extra]), "project": cfg.logger.project}

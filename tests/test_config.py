@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_module
 from esmeta.config import ESTIMATORS, Config, from_mapping
 from esmeta.errors import ConfigError
 from esmeta.run import check_overrides
+from esmeta.sweeps import CONFIG_MODULE
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -115,7 +116,7 @@ def test_a_bad_value_anywhere_in_a_sweep_is_caught_before_launch():
 
 def test_compose_api_without_cli():
     """Library users can compose the same config through Hydra's compose API."""
-    with initialize_config_module(config_module="esmeta.conf", version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         cfg = compose("config", overrides=["task=10way_5shot"])
     assert cfg.task.train_way == 10 and cfg.task.test_way == 5
 

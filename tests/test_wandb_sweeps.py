@@ -13,7 +13,8 @@ import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from esmeta.run import plan_command
-from esmeta.wandb_sweeps import expand, main, render, sweep_names
+from esmeta.sweeps import expand, sweep_names
+from esmeta.wandb_sweeps import main, render
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "sweeps" / "wandb"
