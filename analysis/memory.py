@@ -48,7 +48,7 @@ def model_sizes(channels: int, image_size: int = IMAGE_SIZE) -> tuple[int, int]:
 
     params = jax.eval_shape(lambda key: init_params(key, channels, image_size), jax.random.key(0))
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jax.numpy.float32)
-    out = jax.eval_shape(lambda p, x: embed(p, x, channels), params, images)
+    out = jax.eval_shape(lambda p, x: embed(p, x), params, images)
     return num_params(params), int(out.shape[-1])
 
 

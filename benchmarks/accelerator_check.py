@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def precision_check(channels: int, population: int, episode, common: dict) -> dict:
     """wsr's fitnesses of candidates 0..population-1 at default and at "highest" matmul precision."""
     mu = init_params(jax.random.key(1), channels, SIZE)
-    loss = fast_loss(channels)
+    loss = fast_loss()
     key = jax.random.key(2)
 
     def fitnesses(precision: str | None):

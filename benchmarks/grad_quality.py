@@ -46,7 +46,7 @@ def fixed_problem(args: argparse.Namespace, channels: int):
     key_episode, key_mu = jax.random.split(jax.random.key(args.seed))
     episode = jax.jit(sample_episode, static_argnums=(2, 3, 4))(key_episode, train, WAY, SHOT, QUERY)
     mu = jax.jit(init_params, static_argnums=(1, 2))(key_mu, channels, args.image_size)
-    loss = make_loss_fn(way=WAY, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
+    loss = make_loss_fn(way=WAY, distance="euclidean", scale=1.0, norm_stats="episode")
     return loss, mu, episode
 
 

@@ -102,7 +102,7 @@ def pool_images_at(pool: jax.Array, shot: int):
 def losses(way: int, shot: int, channels: int, chunk: int):
     """(one-batch loss, streamed loss), both `loss(params, pool)`, the same function of the parameters."""
     def full(params, pool):
-        return loss_and_accuracy(params, pool_episode(pool, shot), way=way, channels=channels, **LOSS)[0]
+        return loss_and_accuracy(params, pool_episode(pool, shot), way=way, **LOSS)[0]
 
     def streamed(params, pool):
         return streamed_loss_and_accuracy(params, pool_images_at(pool, shot), n_support=way * shot,

@@ -65,7 +65,7 @@ def measure(args: argparse.Namespace, pop_per_shard: int) -> dict:
     gc.collect()
     mu = init_params(jax.random.key(1), args.channels, SIZE)
     d_phi = num_params(mu)
-    loss = make_loss_fn(way=WAY, channels=args.channels, distance="euclidean", scale=1.0, norm_stats="episode")
+    loss = make_loss_fn(way=WAY, distance="euclidean", scale=1.0, norm_stats="episode")
     config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=pop_per_shard)
     step = jax.jit(make_estimator(config, 0.01, loss, None, args.shards))
     key = jax.random.key(2)

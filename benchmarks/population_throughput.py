@@ -49,9 +49,9 @@ def fixed_episode(args: argparse.Namespace):
     return jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(0), train, WAY, SHOT, QUERY)
 
 
-def fast_loss(channels: int):
+def fast_loss():
     """esmeta's own loss as training builds it (protonet.make_loss_fn: the fast embedding)."""
-    return make_loss_fn(way=WAY, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
+    return make_loss_fn(way=WAY, distance="euclidean", scale=1.0, norm_stats="episode")
 
 
 def wsr_estimate(loss, population: int):
@@ -114,7 +114,7 @@ def measure(channels: int, populations, episode, args: argparse.Namespace, peak:
     rows = []
     mu = init_params(jax.random.key(1), channels, SIZE)
     flat, unravel = ravel_pytree(mu)
-    loss = fast_loss(channels)
+    loss = fast_loss()
     naive_loss = jax.jit(jax.vmap(naive_loss_fn(channels), in_axes=(0, None)))
     for population in populations:
         estimate = wsr_estimate(loss, population)

@@ -153,7 +153,7 @@ def emit(row: dict) -> dict:
 
 def population_parts(channels, population, episode, mu, args, peak, common) -> list[dict]:
     """The wsr_full, fitness_only, noise_regen, noise_sum and residual rows of one (channels, population)."""
-    loss = fast_loss(channels)
+    loss = fast_loss()
     key = jax.random.key(2)
     n_params = num_params(mu)
     index = jnp.arange(population)
@@ -248,7 +248,7 @@ def stage_parts(channels, episode, mu, args, peak, common) -> list[dict]:
     seconds = {name: median_seconds(lambda f=f, a=a, name=name: f(*a, inputs[name]), args.stage_repeats)
                for name, (f, a) in fns.items()}
     sub = block1_parts(first, images, args.stage_repeats)
-    loss = jax.jit(highest(fast_loss(channels)))
+    loss = jax.jit(highest(fast_loss()))
     fused = median_seconds(lambda: loss(mu, episode), args.stage_repeats)
     total = sum(seconds.values())
     costs = stage_costs(channels)

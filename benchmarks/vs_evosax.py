@@ -128,7 +128,7 @@ def measure(channels: int, populations, episode, args: argparse.Namespace, peak:
     rows = []
     mu = init_params(jax.random.key(1), channels, SIZE)
     flat, unravel = ravel_pytree(mu)
-    loss, naive_loss = fast_loss(channels), naive_loss_fn(channels)
+    loss, naive_loss = fast_loss(), naive_loss_fn(channels)
     key = jax.random.key(2)
     for population in populations:
         n_naive = min(population, args.naive_cap)
@@ -157,7 +157,7 @@ def same_noise_check(channels: int, population: int, episode, common: dict) -> d
     """Cosine and norm ratio of esmeta's wsr estimate and evosax's tell update on esmeta's own candidates."""
     mu = init_params(jax.random.key(1), channels, SIZE)
     flat, unravel = ravel_pytree(mu)
-    loss, key = fast_loss(channels), jax.random.key(2)
+    loss, key = fast_loss(), jax.random.key(2)
     g, _ = wsr_estimate(loss, population)(key, mu, episode)
     g = ravel_pytree(g)[0]
     es = open_es(population, flat)

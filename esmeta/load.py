@@ -69,12 +69,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if not (run_dir / BATCH_STATS).exists():
         raise DataError(f"{run_dir} holds no {BATCH_STATS} (a run from before running averages were kept); retrain it")
     batch_stats = _read_params(run_dir / BATCH_STATS, init_batch_stats(template), summary.get("batch_stats_sha256"))
-    channels = config.model.channels
     running = batch_stats if config.model.norm_stats == "running" else None
 
     @jax.jit
     def _embed(x: jax.Array) -> jax.Array:
-        return embed(params, x, channels, running=running)
+        return embed(params, x, running=running)
 
     def embed_images(images) -> jax.Array:
         images = jnp.asarray(images)

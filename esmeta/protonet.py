@@ -119,14 +119,13 @@ def update_running(running: BatchStats, moments: BatchStats, momentum: float = M
 
 
 def embed(
-    params: Params, images: jax.Array, channels: int, stats_rows: int | None = None, running: BatchStats | None = None
+    params: Params, images: jax.Array, stats_rows: int | None = None, running: BatchStats | None = None
 ) -> jax.Array:
     """Embeddings (n, d) of images (n, S, S, 1) in [0, 1], ink = 1: `ConvEmbedding`'s function, computed faster.
 
     Batch norm uses the batch statistics of the first `stats_rows` rows (all when None), or, given
     `running`, those fixed averages (each image then embedded independently of the others).
     """
-    del channels  # implied by the parameters; kept so callers need not know the layout
     return embed_with_moments(params, images, stats_rows, running)[0]
 
 
@@ -227,7 +226,7 @@ def _logits_and_moments(
 
 
 def episode_logits(
-    params: Params, episode: Episode, *, way: int, channels: int, distance: str, scale: float, norm_stats: str,
+    params: Params, episode: Episode, *, way: int, distance: str, scale: float, norm_stats: str,
     running: BatchStats | None = None,
 ) -> jax.Array:
     """Query logits (way*query, way): support and query embedded as one batch.
@@ -235,17 +234,15 @@ def episode_logits(
     Batch norm: with `running`, those averages (evaluation under norm_stats=running); otherwise the batch
     statistics of the support (norm_stats=support) or of support and query (episode, and training under running).
     """
-    del channels
     return _logits_and_moments(params, episode, way, distance, scale, norm_stats, running)[0]
 
 
 def episode_metrics(
-    params: Params, episode: Episode, *, way: int, channels: int, distance: str, scale: float, norm_stats: str,
+    params: Params, episode: Episode, *, way: int, distance: str, scale: float, norm_stats: str,
     running: BatchStats | None = None,
 ) -> tuple[jax.Array, jax.Array, BatchStats]:
     """(mean cross-entropy of softmax over similarities (eqs. 2-3), accuracy on the queries, the batch-norm
     statistics used): the one loss of training and evaluation; the statistics feed `update_running`."""
-    del channels
     logits, moments = _logits_and_moments(params, episode, way, distance, scale, norm_stats, running)
     labels = episode_labels(way, logits.shape[0] // way)
     log_p = jax.nn.log_softmax(logits, axis=-1)
@@ -255,21 +252,27 @@ def episode_metrics(
 
 
 def loss_and_accuracy(
-    params: Params, episode: Episode, *, way: int, channels: int, distance: str, scale: float, norm_stats: str,
+    params: Params, episode: Episode, *, way: int, distance: str, scale: float, norm_stats: str,
     running: BatchStats | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(loss, accuracy) of `episode_metrics`."""
     loss, accuracy, _ = episode_metrics(
-        params, episode, way=way, channels=channels, distance=distance, scale=scale, norm_stats=norm_stats,
-        running=running,
+        params, episode, way=way, distance=distance, scale=scale, norm_stats=norm_stats, running=running,
     )
     return loss, accuracy
 
 
-def make_loss_fn(*, way: int, channels: int, distance: str, scale: float, norm_stats: str):
+def make_metrics_fn(*, way: int, distance: str, scale: float, norm_stats: str, evaluation: bool = False):
+    """`metrics(params, episode, running=None) -> (loss, accuracy, batch-norm statistics)` of `episode_metrics`
+    for episodes of `way` classes: the one place the loss's settings are bound. Training normalizes with batch
+    statistics under every protocol (`running` is ignored); `evaluation` under norm_stats=running uses it."""
+    metrics = partial(episode_metrics, way=way, distance=distance, scale=scale, norm_stats=norm_stats)
+    use_running = evaluation and norm_stats == "running"
+    return lambda params, episode, running=None: metrics(params, episode, running=running if use_running else None)
+
+
+def make_loss_fn(*, way: int, distance: str, scale: float, norm_stats: str):
     """`loss(params, episode) -> scalar` for one episode shape: the function every estimator differentiates
     (batch statistics, as training normalizes under every protocol)."""
-    metric = partial(
-        loss_and_accuracy, way=way, channels=channels, distance=distance, scale=scale, norm_stats=norm_stats
-    )
-    return lambda params, episode: metric(params, episode)[0]
+    metrics = make_metrics_fn(way=way, distance=distance, scale=scale, norm_stats=norm_stats)
+    return lambda params, episode: metrics(params, episode)[0]

@@ -36,9 +36,9 @@ from esmeta.estimators import make_estimator
 from esmeta.hardware import configure_backend, make_mesh
 from esmeta.protonet import (
     BatchStats,
-    episode_metrics,
     init_batch_stats,
     init_params,
+    make_metrics_fn,
     num_params,
     update_running,
 )
@@ -64,19 +64,10 @@ def make_optimizer(alpha: float, est: EstimatorConfig) -> optax.GradientTransfor
 
 
 def metrics_fn(config: Config, way: int, evaluation: bool = False) -> MetricsFn:
-    """`metrics(params, episode, running=None) -> (loss, accuracy, batch-norm statistics)` of one episode of
-    `way` classes: the single loss of training and evaluation. Training normalizes with batch statistics
-    under every protocol; `evaluation` under model.norm_stats=running with the running averages given."""
-    metrics = partial(
-        episode_metrics,
-        way=way,
-        channels=config.model.channels,
-        distance=config.distance.name,
-        scale=config.distance.scale,
-        norm_stats=config.model.norm_stats,
-    )
-    use_running = evaluation and config.model.norm_stats == "running"
-    return lambda params, episode, running=None: metrics(params, episode, running=running if use_running else None)
+    """`protonet.make_metrics_fn` with the run's distance and batch-norm protocol: the single loss of training
+    and of evaluation (`evaluation`: with the running averages under model.norm_stats=running)."""
+    return make_metrics_fn(way=way, distance=config.distance.name, scale=config.distance.scale,
+                           norm_stats=config.model.norm_stats, evaluation=evaluation)
 
 
 def episode_keys(key: jax.Array, n: int) -> jax.Array:

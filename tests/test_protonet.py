@@ -59,7 +59,7 @@ def _episode(way=3, shot=2, query=2, size=16, seed=1):
 def test_loss_is_cross_entropy_of_softmax_over_similarities():
     ep = _episode()
     params = init_params(jax.random.key(0), 4, 16)
-    kw = dict(way=3, channels=4, distance="euclidean", scale=1.0, norm_stats="episode")
+    kw = dict(way=3, distance="euclidean", scale=1.0, norm_stats="episode")
     logits = np.asarray(episode_logits(params, ep, **kw), np.float64)
     labels = np.repeat(np.arange(3), 2)
     log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(
@@ -75,7 +75,7 @@ def test_loss_is_cross_entropy_of_softmax_over_similarities():
 @pytest.mark.parametrize("size,dim", [(32, 2 * 2 * 8), (28, 1 * 1 * 8)])
 def test_embedding_size_follows_four_pools(size, dim):
     params = init_params(jax.random.key(0), 8, size)
-    z = embed(params, jnp.zeros((3, size, size, 1)), 8)
+    z = embed(params, jnp.zeros((3, size, size, 1)))
     assert z.shape == (3, dim)
 
 
@@ -94,7 +94,7 @@ def test_batch_norm_uses_the_episode_statistics_not_running_averages():
     """
     ep = _episode()
     params = init_params(jax.random.key(0), 4, 16)
-    kw = dict(way=3, channels=4, distance="euclidean", scale=1.0, norm_stats="episode")
+    kw = dict(way=3, distance="euclidean", scale=1.0, norm_stats="episode")
     shifted = Episode(ep.support * 3.0, ep.query * 3.0)
     np.testing.assert_allclose(episode_logits(params, ep, **kw), episode_logits(params, shifted, **kw), rtol=1e-3, atol=1e-3)
 
@@ -105,7 +105,7 @@ def test_support_statistics_make_queries_independent_of_each_other():
     params = init_params(jax.random.key(0), 4, 16)
     changed = Episode(ep.support, ep.query.at[0].set(1.0 - ep.query[0]))
     for norm_stats, independent in (("support", True), ("episode", False)):
-        kw = dict(way=3, channels=4, distance="euclidean", scale=1.0, norm_stats=norm_stats)
+        kw = dict(way=3, distance="euclidean", scale=1.0, norm_stats=norm_stats)
         a, b = episode_logits(params, ep, **kw)[1:], episode_logits(params, changed, **kw)[1:]
         assert bool(jnp.allclose(a, b, rtol=1e-5, atol=1e-5)) == independent
 
@@ -147,7 +147,7 @@ def test_fast_embedding_equals_the_flax_reference(channels, size, stats_rows):
 
     params = init_params(jax.random.key(3), channels, size)
     images = (jax.random.uniform(jax.random.key(4), (30, size, size, 1)) > 0.8).astype(jnp.float32)  # ink-like
-    fast = lambda p, x: embed(p, x, channels, stats_rows)  # noqa: E731
+    fast = lambda p, x: embed(p, x, stats_rows)  # noqa: E731
     reference = lambda p, x: ConvEmbedding(channels).apply({"params": p}, x, stats_rows)  # noqa: E731
 
     def grad(f, p, x):

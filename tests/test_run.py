@@ -114,7 +114,7 @@ def test_load_run_embeds_like_training(tiny_run, omniglot32):
     acc = float(jnp.mean(jnp.argmax(logits, 1) == jnp.repeat(jnp.arange(5), 5)))
     assert run.config.model.norm_stats == "running"  # the default: embed and the test use the running averages
     _, expected = loss_and_accuracy(
-        run.params, ep, way=5, channels=8, distance="euclidean", scale=1.0, norm_stats="running",
+        run.params, ep, way=5, distance="euclidean", scale=1.0, norm_stats="running",
         running=run.batch_stats,
     )
     assert acc == pytest.approx(float(expected))

@@ -54,7 +54,7 @@ def test_with_running_statistics_a_querys_logits_do_not_depend_on_the_other_quer
     params = init_params(jax.random.key(0), 4, SIZE)
     running = _some_running_stats(params)
     changed = Episode(ep.support, ep.query.at[0].set(1.0 - ep.query[0]))
-    kw = dict(way=WAY, channels=4, distance="euclidean", scale=1.0, norm_stats="running")
+    kw = dict(way=WAY, distance="euclidean", scale=1.0, norm_stats="running")
     a = episode_logits(params, ep, running=running, **kw)
     b = episode_logits(params, changed, running=running, **kw)
     # The other queries' logits come from the same numbers through row-wise operations of the same shapes:
@@ -75,7 +75,7 @@ def test_fast_embedding_with_running_statistics_equals_the_flax_reference(channe
     params = init_params(jax.random.key(3), channels, size)
     running = _some_running_stats(params)
     images = (jax.random.uniform(jax.random.key(4), (12, size, size, 1)) > 0.8).astype(jnp.float32)
-    fast = embed(params, images, channels, running=running)
+    fast = embed(params, images, running=running)
     reference = ConvEmbedding(channels).apply({"params": params, "batch_stats": running}, images, None, True)
     # The same float32 arithmetic in another order (the first block's scale folded into its weights, pooling
     # before the affine map): rounding of O(1e-7) relative per operation over sums of at most 9*channels
@@ -83,7 +83,7 @@ def test_fast_embedding_with_running_statistics_equals_the_flax_reference(channe
     scale = float(jnp.max(jnp.abs(reference)))
     np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-4 * scale)
     # And the batch-statistics path of the same function is different (the running averages are used).
-    assert float(jnp.max(jnp.abs(embed(params, images, channels) - fast))) > 1e-2 * scale
+    assert float(jnp.max(jnp.abs(embed(params, images) - fast))) > 1e-2 * scale
 
 
 def test_running_update_matches_a_hand_computation():
@@ -119,7 +119,7 @@ def test_the_training_step_updates_the_running_averages_at_the_mean_parameters()
     channels = 4
     images = jnp.asarray(np.random.default_rng(0).random((6, 20, SIZE, SIZE)) * 255, jnp.uint8)
     sample = lambda key: sample_episode(key, images, WAY, SHOT, QUERY)  # noqa: E731
-    kw = dict(way=WAY, channels=channels, distance="euclidean", scale=1.0, norm_stats="running")
+    kw = dict(way=WAY, distance="euclidean", scale=1.0, norm_stats="running")
     metrics = lambda p, e, running=None: episode_metrics(p, e, running=running, **kw)  # noqa: E731
     estimate = make_estimator(EstimatorConfig(name="backprop"), 0.0, lambda p, e: metrics(p, e)[0], None, 1)
     optimizer = optax.sgd(0.1)
@@ -145,7 +145,7 @@ def test_the_streamed_loss_with_running_statistics_equals_the_one_batch_loss(chu
     params = init_params(jax.random.key(2), 4, SIZE)
     running = _some_running_stats(params)
     loss, accuracy, _ = episode_metrics(
-        params, ep, way=WAY, channels=4, distance="cosine", scale=3.0, norm_stats="running", running=running
+        params, ep, way=WAY, distance="cosine", scale=3.0, norm_stats="running", running=running
     )
     s_loss, s_accuracy = streamed_loss_and_accuracy(
         params, episode_images_at(ep), n_support=WAY * SHOT, n_query=WAY * QUERY, way=WAY, chunk=chunk,

@@ -41,7 +41,7 @@ def streamed(params, episode, chunk, distance, norm_stats):
 )
 def test_streamed_loss_equals_one_batch_loss(problem, chunk, distance, norm_stats):
     params, episode = problem
-    kw = {"way": WAY, "channels": CHANNELS, "distance": distance, "scale": 3.0, "norm_stats": norm_stats}
+    kw = {"way": WAY, "distance": distance, "scale": 3.0, "norm_stats": norm_stats}
     loss, accuracy = jax.jit(lambda p, e: loss_and_accuracy(p, e, **kw))(params, episode)
     s_loss, s_accuracy = jax.jit(lambda p, e: streamed(p, e, chunk, distance, norm_stats))(params, episode)
     assert abs(float(s_loss) - float(loss)) < 1e-5 * max(1.0, abs(float(loss)))
@@ -51,7 +51,7 @@ def test_streamed_loss_equals_one_batch_loss(problem, chunk, distance, norm_stat
 def test_streamed_gradient_equals_one_batch_gradient(problem):
     """Same function, so same derivative: what lets forward mode on the stream reproduce backprop."""
     params, episode = problem
-    kw = {"way": WAY, "channels": CHANNELS, "distance": "euclidean", "scale": 3.0, "norm_stats": "episode"}
+    kw = {"way": WAY, "distance": "euclidean", "scale": 3.0, "norm_stats": "episode"}
     g = jax.jit(jax.grad(lambda p: loss_and_accuracy(p, episode, **kw)[0]))(params)
     g_streamed = jax.jit(jax.grad(lambda p: streamed(p, episode, 4, "euclidean", "episode")[0]))(params)
     a, b = ravel_pytree(g_streamed)[0], ravel_pytree(g)[0]

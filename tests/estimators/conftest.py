@@ -25,5 +25,5 @@ def tiny_protonet():
             else 1.0 + 0.1 * rng.normal(size=s.shape), jnp.float32),
         shapes,
     )
-    loss = make_loss_fn(way=3, channels=channels, distance="euclidean", scale=1.0, norm_stats="episode")
+    loss = make_loss_fn(way=3, distance="euclidean", scale=1.0, norm_stats="episode")
     return loss, params, episode

@@ -18,7 +18,7 @@ def test_fitness_is_minus_loss():
 
 def test_ascent_direction_is_minus_grad_of_protonet_loss(tiny_protonet):
     _, params, episode = tiny_protonet
-    loss = make_loss_fn(way=3, channels=2, distance="cosine", scale=5.0, norm_stats="support")
+    loss = make_loss_fn(way=3, distance="cosine", scale=5.0, norm_stats="support")
     estimate = jax.jit(make_estimator(EstimatorConfig(name="backprop"), 0.01, loss, None, 1))
     g, metrics = estimate(jax.random.key(0), params, episode)
     loss_value, grad = jax.jit(jax.value_and_grad(loss))(params, episode)

@@ -56,7 +56,7 @@ def test_all_coordinates_match_backprop_on_protonet():
     (it shrinks with h): ~0.3% central at h=1e-4, ~3% forward at the paper's h=1e-3 on this episode."""
     rng = np.random.default_rng(0)
     episode = Episode(rng.random((6, 16, 16, 1), np.float32), rng.random((6, 16, 16, 1), np.float32))
-    loss = make_loss_fn(way=3, channels=3, distance="euclidean", scale=1.0, norm_stats="episode")
+    loss = make_loss_fn(way=3, distance="euclidean", scale=1.0, norm_stats="episode")
     params = jax.jit(init_params, static_argnums=(1, 2))(jax.random.key(0), 3, 16)
     n = flat(params).size  # 3 channels: 318 parameters
     true = jax.jit(jax.grad(lambda p: -loss(p, episode)))(params)

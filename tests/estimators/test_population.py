@@ -29,7 +29,7 @@ SETTINGS = {  # small settings per estimator, for the conformance tests
     "forward_mode": {"chunk_size": 5},  # 17 parameters: three blocks of 5 tangents and a remainder of 2
 }
 # The tiny_protonet fixture's network (tests/estimators/conftest.py); the 8-device subprocess rebuilds its loss from this.
-NET = {"way": 3, "channels": 2, "distance": "euclidean", "scale": 1.0, "norm_stats": "episode"}
+NET = {"way": 3, "distance": "euclidean", "scale": 1.0, "norm_stats": "episode"}
 DEVICE_CASES = {  # eval_mode "map", as "auto" gives on CPU, so that the one-device map/vmap test shares a case
     "wsr_per_shard": {"name": "wsr", "pop_per_shard": 4, "eval_mode": "map"},
     "wsr_global_rank": {"name": "wsr", "pop_per_shard": 4, "antithetic": True, "normalize": "global",
