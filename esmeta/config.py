@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from esmeta.errors import ConfigError, NeedsAcceleratorError
 
@@ -106,7 +106,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """Gradient estimator and its update rule. Fields an estimator does not use are ignored."""
+    """The `estimator` section as the command line and the YAML write it: which estimator, its update rule, and
+    the settings of every estimator (one flat group, so that sweeps and old summaries keep one layout).
+    `own(sigma)` splits out the chosen estimator's own typed settings; the update rule stays here."""
 
     name: str = "backprop"
     optimizer: str = "adam"
@@ -133,6 +135,162 @@ class EstimatorConfig:
     def is_es(self) -> bool:
         """A population estimator (wsr, finite_diff); backprop and forward_mode compute exact gradients."""
         return self.name in POPULATION_ESTIMATORS
+
+    def own(self, sigma: float) -> OwnConfig:
+        """The chosen estimator's own settings (WsrConfig, ...): the one place that says which perturbation
+        (the top-level `sigma`, or `fd_sigma`) and which of this section's settings belong to which estimator."""
+        return _own_config(OWN_CONFIGS[self.name], self, sigma)
+
+
+TOP_SIGMA = "<sigma>"  # in an own config's FROM: the top-level `sigma` setting, not one of the section's
+Namer = Callable[[str], str]  # an own config's field (or "shards", "population") -> the name its user wrote
+
+
+def config_name(own: type) -> Namer:
+    """Names as the command line writes them: `estimator.<setting>`, the perturbation's own key, hardware.shards."""
+
+    def name(key: str) -> str:
+        if key == "shards":
+            return "hardware.shards"
+        if key == "population":
+            return "estimator.pop_per_shard x hardware.shards"
+        source = own.FROM.get(key, key)
+        return "sigma" if source == TOP_SIGMA else f"estimator.{source}"
+
+    return name
+
+
+def _check_fields(config: Any, name: Namer) -> None:
+    """Every field's type, for configs built in Python rather than from a mapping."""
+    for f in fields(config):
+        _coerce(name(f.name), getattr(config, f.name), f.type)
+
+
+def _check_evaluation(config: Any, name: Namer) -> None:
+    """The candidate-evaluation settings the population estimators share."""
+    _choice(name("fitness_precision"), config.fitness_precision, FITNESS_PRECISIONS)
+    _choice(name("eval_mode"), config.eval_mode, EVAL_MODES)
+    _positive(name("chunk_size"), config.chunk_size, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class WsrConfig:
+    """wsr's own settings (eq. 9): eps_i = sigma * N(0, I) over pop_per_shard candidates in each shard."""
+
+    NAME: ClassVar[str] = "wsr"
+    FROM: ClassVar[dict[str, str]] = {"sigma": TOP_SIGMA}  # own field -> where the command line sets it
+
+    sigma: float = 0.01
+    pop_per_shard: int = 32
+    antithetic: bool = False
+    rank: int = 0
+    fitness_shaping: str = "zscore"
+    normalize: str = "per_shard"
+    fitness_precision: str = "highest"
+    eval_mode: str = "auto"
+    chunk_size: int = 0
+
+    def check(self, name: Namer) -> None:
+        """What holds whichever estimator runs: types and options."""
+        _check_fields(self, name)
+        _choice(name("fitness_shaping"), self.fitness_shaping, FITNESS_SHAPINGS)
+        _choice(name("normalize"), self.normalize, NORMALIZATIONS)
+        _positive(name("rank"), self.rank, allow_zero=True)
+        _check_evaluation(self, name)
+
+    def validate(self, shards: int, name: Namer) -> None:
+        """`check` and the rules of running wsr on `shards` shards (0: not known yet, one per device)."""
+        self.check(name)
+        _positive(name("pop_per_shard"), self.pop_per_shard)
+        _positive(name("sigma"), self.sigma)
+        if self.antithetic and self.pop_per_shard % 2:
+            raise ConfigError(
+                f"{name('antithetic')}=true needs an even {name('pop_per_shard')} (mirrored pairs), "
+                f"got {self.pop_per_shard}"
+            )
+        if self.pop_per_shard < 2 and self.normalize == "per_shard":
+            raise ConfigError(
+                f"{name('pop_per_shard')}={self.pop_per_shard} must be at least 2 to z-score fitnesses within a "
+                f"shard; raise it or set {name('normalize')}=global"
+            )
+        if shards and self.pop_per_shard * shards < 2:
+            raise ConfigError(
+                f"{name('population')}={self.pop_per_shard * shards} must be at least 2 for wsr "
+                "(a lone candidate's shaped fitness is 0: a zero update); raise it"
+            )
+
+
+@dataclass(frozen=True)
+class FiniteDiffConfig:
+    """finite_diff's own settings (Sec. II.G): the nudge `sigma` (sigma_FD) on pop_per_shard coordinates a shard."""
+
+    NAME: ClassVar[str] = "finite_diff"
+    FROM: ClassVar[dict[str, str]] = {"sigma": "fd_sigma", "reduce": "fd_reduce", "rescale_subset": "fd_rescale_subset"}
+
+    sigma: float = 1e-3
+    pop_per_shard: int = 128
+    central: bool = False
+    reduce: str = "sum"
+    rescale_subset: bool = False
+    fitness_precision: str = "highest"
+    eval_mode: str = "auto"
+    chunk_size: int = 0
+
+    def check(self, name: Namer) -> None:
+        """What holds whichever estimator runs: types and options."""
+        _check_fields(self, name)
+        _choice(name("reduce"), self.reduce, FD_REDUCES)
+        _check_evaluation(self, name)
+
+    def validate(self, shards: int, name: Namer) -> None:
+        """`check` and the rules of running finite differences."""
+        self.check(name)
+        _positive(name("pop_per_shard"), self.pop_per_shard)
+        _positive(name("sigma"), self.sigma)
+
+
+@dataclass(frozen=True)
+class ForwardModeConfig:
+    """forward_mode's own settings: basis tangents pushed forward together (0 = 32)."""
+
+    NAME: ClassVar[str] = "forward_mode"
+    FROM: ClassVar[dict[str, str]] = {}
+
+    chunk_size: int = 0
+
+    def check(self, name: Namer) -> None:
+        _check_fields(self, name)
+        _positive(name("chunk_size"), self.chunk_size, allow_zero=True)
+
+    def validate(self, shards: int, name: Namer) -> None:
+        self.check(name)
+
+
+@dataclass(frozen=True)
+class BackpropConfig:
+    """backprop has no settings of its own (jax.value_and_grad of the loss)."""
+
+    NAME: ClassVar[str] = "backprop"
+    FROM: ClassVar[dict[str, str]] = {}
+
+    def check(self, name: Namer) -> None:
+        pass
+
+    def validate(self, shards: int, name: Namer) -> None:
+        pass
+
+
+OwnConfig = WsrConfig | FiniteDiffConfig | ForwardModeConfig | BackpropConfig
+OWN_CONFIGS: dict[str, type] = {c.NAME: c for c in (BackpropConfig, WsrConfig, FiniteDiffConfig, ForwardModeConfig)}
+
+
+def _own_config(own: type, section: EstimatorConfig, sigma: float) -> OwnConfig:
+    """`own`'s settings read from the estimator section (and the top-level sigma), as its FROM says."""
+    def value(key: str) -> Any:
+        source = own.FROM.get(key, key)
+        return sigma if source == TOP_SIGMA else getattr(section, source)
+
+    return own(**{f.name: value(f.name) for f in fields(own)})
 
 
 @dataclass(frozen=True)
@@ -285,57 +443,24 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value:g} must be {rule}")
 
 
-def validate_estimator(
-    e: EstimatorConfig, sigma: float, shards: int = 0, names: Mapping[str, str] | None = None
-) -> None:
-    """The estimator's own checks, shared by `validate` and `esmeta.estimators` (make_estimator, the constructors).
-
-    `shards` 0 means not known yet (one per device); `names` renames settings in the messages (a field, "sigma",
-    "shards" or "population" -> the name the caller's user wrote), e.g. a constructor's keyword arguments.
+def validate_estimator(e: EstimatorConfig, sigma: float, shards: int = 0) -> None:
+    """The estimator section's checks: its types, its update rule, every estimator's options (a typo is an
+    error whichever estimator runs), then the chosen estimator's own rules (`validate` of its own config).
+    `shards` 0 means not known yet (one per device). Shared by `validate` and `esmeta.estimators.make_estimator`.
     """
-    names = names or {}
-
-    def name(key: str) -> str:
-        default = {"sigma": "sigma", "shards": "hardware.shards", "population": "estimator.pop_per_shard x hardware.shards"}
-        return names.get(key, default.get(key, f"estimator.{key}"))
-
-    for f in fields(EstimatorConfig):  # types, for configs built in Python rather than from a mapping
-        _coerce(name(f.name), getattr(e, f.name), f.type)
-    _coerce(name("sigma"), sigma, "float")
-    _coerce(name("shards"), shards, "int")
-    _choice(name("name"), e.name, ESTIMATORS)
-    _choice(name("optimizer"), e.optimizer, OPTIMIZERS)
-    _positive(name("lr_decay_every"), e.lr_decay_every, allow_zero=True)
-    _positive(name("lr_decay_factor"), e.lr_decay_factor)
-    _positive(name("weight_decay"), e.weight_decay, allow_zero=True)
-    _choice(name("fitness_shaping"), e.fitness_shaping, FITNESS_SHAPINGS)
-    _choice(name("normalize"), e.normalize, NORMALIZATIONS)
-    _choice(name("eval_mode"), e.eval_mode, EVAL_MODES)
-    _choice(name("fd_reduce"), e.fd_reduce, FD_REDUCES)
-    _choice(name("fitness_precision"), e.fitness_precision, FITNESS_PRECISIONS)
-    _positive(name("rank"), e.rank, allow_zero=True)
-    _positive(name("chunk_size"), e.chunk_size, allow_zero=True)
-    _positive(name("shards"), shards, allow_zero=True)
-    if e.is_es:
-        _positive(name("pop_per_shard"), e.pop_per_shard)
-    if e.name == "wsr":
-        _positive(name("sigma"), sigma)
-        if e.antithetic and e.pop_per_shard % 2:
-            raise ConfigError(
-                f"{name('antithetic')}=true needs an even {name('pop_per_shard')} (mirrored pairs), got {e.pop_per_shard}"
-            )
-        if e.pop_per_shard < 2 and e.normalize == "per_shard":
-            raise ConfigError(
-                f"{name('pop_per_shard')}={e.pop_per_shard} must be at least 2 to z-score fitnesses within a shard; "
-                f"raise it or set {name('normalize')}=global"
-            )
-        if shards and e.pop_per_shard * shards < 2:
-            raise ConfigError(
-                f"{name('population')}={e.pop_per_shard * shards} must be at least 2 for wsr "
-                "(a lone candidate's shaped fitness is 0: a zero update); raise it"
-            )
-    if e.name == "finite_diff":
-        _positive(name("fd_sigma"), e.fd_sigma)
+    section = lambda key: f"estimator.{key}"  # noqa: E731
+    _check_fields(e, section)
+    _coerce("sigma", sigma, "float")
+    _coerce("hardware.shards", shards, "int")
+    _positive("hardware.shards", shards, allow_zero=True)
+    _choice("estimator.name", e.name, ESTIMATORS)
+    _choice("estimator.optimizer", e.optimizer, OPTIMIZERS)
+    _positive("estimator.lr_decay_every", e.lr_decay_every, allow_zero=True)
+    _positive("estimator.lr_decay_factor", e.lr_decay_factor)
+    _positive("estimator.weight_decay", e.weight_decay, allow_zero=True)
+    for own in OWN_CONFIGS.values():
+        _own_config(own, e, sigma).check(config_name(own))
+    e.own(sigma).validate(shards, config_name(OWN_CONFIGS[e.name]))
 
 
 def validate(config: Config) -> None:

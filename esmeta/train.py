@@ -459,7 +459,7 @@ def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Pr
         "num_params": setup.num_params,
         "estimator": e.name,
         "alpha": config.alpha,
-        "sigma": {"wsr": config.sigma, "finite_diff": e.fd_sigma}.get(e.name),  # the perturbation used
+        "sigma": getattr(e.own(config.sigma), "sigma", None),  # the perturbation used (wsr's, finite_diff's)
         "pop_per_shard": e.pop_per_shard if e.is_es else None,  # as run (after the scale's caps)
         "population": e.pop_per_shard * shards if e.is_es else None,
         "shards": shards,

@@ -1,5 +1,6 @@
 """Configuration: every shipped config composes and validates; bad input gets one line naming the setting."""
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,26 @@ def test_integers_are_range_checked_up_front(override, fragment):
 def test_the_largest_seed_is_accepted():
     (config,) = check_overrides([f"seed={2**63 - 1}"])
     assert config.seed == 2**63 - 1
+
+
+def test_each_estimator_has_its_own_typed_settings_split_from_the_section():
+    """`own` routes the perturbation: wsr takes the top-level sigma, finite_diff its fd_sigma (as its own sigma)."""
+    from esmeta.config import OWN_CONFIGS, EstimatorConfig, FiniteDiffConfig, WsrConfig
+
+    section = EstimatorConfig(name="wsr", pop_per_shard=8, fd_sigma=2e-3, fd_reduce="mean", antithetic=True)
+    assert section.own(0.05) == WsrConfig(sigma=0.05, pop_per_shard=8, antithetic=True)
+    fd = EstimatorConfig(name="finite_diff", pop_per_shard=8, fd_sigma=2e-3, fd_reduce="mean").own(0.05)
+    assert fd == FiniteDiffConfig(sigma=2e-3, pop_per_shard=8, reduce="mean")
+    assert EstimatorConfig(name="backprop").own(0.05) == OWN_CONFIGS["backprop"]()
+    section_fields = {f.name for f in fields(EstimatorConfig)}
+    for own in OWN_CONFIGS.values():  # every own setting is written somewhere on the command line
+        assert {own.FROM.get(f.name, f.name) for f in fields(own)} - {"<sigma>"} <= section_fields, own.NAME
+
+
+def test_the_own_rules_apply_only_to_the_estimator_that_runs_but_options_everywhere():
+    base = {"estimator": {"name": "backprop", "pop_per_shard": 1, "fd_sigma": 0.0}, "sigma": 0.0}
+    from_mapping(base)  # wsr's and finite_diff's rules do not bind backprop
+    with pytest.raises(ConfigError, match=r"^estimator\.fd_sigma=0 must be positive"):
+        from_mapping({"estimator": {"name": "finite_diff", "fd_sigma": 0.0}})
+    with pytest.raises(ConfigError, match=r"^estimator\.fitness_shaping='rank' is not an option"):
+        from_mapping({"estimator": {"name": "backprop", "fitness_shaping": "rank"}})

@@ -7,19 +7,28 @@ Public constructors (each validates its own arguments; one-line `ConfigError`s):
     forward_mode(loss_fn, *, chunk_size=0)    the exact gradient by jvps
     backprop(loss_fn)                         the exact gradient by jax.grad
 
-They build an `EstimatorConfig` and call `make_estimator`, the factory the training loop uses, so a
-constructor's estimate is the training loop's estimate. `loss_fn(params, batch)` must be a jittable JAX
+Each builds its estimator's own typed config (`esmeta.config.WsrConfig`, ..., which validates itself) and
+hands it to the factory that the training loop reaches through `make_estimator(EstimatorConfig, sigma, ...)`,
+so a constructor's estimate is the training loop's estimate. `loss_fn(params, batch)` must be a jittable JAX
 function returning a scalar; the optimizer step uses -g (g ascends the fitness).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 
 from jax.sharding import Mesh
 
-from esmeta.config import EstimatorConfig, validate_estimator
+from esmeta.config import (
+    BackpropConfig,
+    EstimatorConfig,
+    FiniteDiffConfig,
+    ForwardModeConfig,
+    Namer,
+    OwnConfig,
+    WsrConfig,
+    validate_estimator,
+)
 from esmeta.errors import ConfigError
 from esmeta.estimators.backprop import make_backprop
 from esmeta.estimators.base import EstimateFn, LossFn, fitness_from_loss
@@ -27,7 +36,7 @@ from esmeta.estimators.finite_diff import make_finite_diff
 from esmeta.estimators.forward_mode import make_forward_mode
 from esmeta.estimators.wsr import make_wsr
 
-Factory = Callable[[EstimatorConfig, float, LossFn, "Mesh | None", int], EstimateFn]
+Factory = Callable[[OwnConfig, LossFn, "Mesh | None", int], EstimateFn]
 
 ESTIMATORS: dict[str, Factory] = {
     "backprop": make_backprop,
@@ -52,20 +61,19 @@ __all__ = [
 def make_estimator(
     config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int
 ) -> EstimateFn:
-    """The jittable `estimate(key, params, batch) -> (ascent direction g, metrics)` named by `config.name`."""
-    return _make(config, sigma, loss_fn, mesh, shards, None)
+    """The jittable `estimate(key, params, batch) -> (ascent direction g, metrics)` named by `config.name`,
+    built from its own settings (`config.own(sigma)`), as the training loop does."""
+    validate_estimator(config, sigma, shards)
+    return _build(config.own(sigma), loss_fn, mesh, shards)
 
 
-def _make(
-    config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int, names: dict[str, str] | None
-) -> EstimateFn:
-    """make_estimator, its errors naming settings as `names` says (the constructors' keyword arguments)."""
-    validate_estimator(config, sigma, shards, names)
+def _build(own: OwnConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
+    """The estimator of a validated own config."""
     if not callable(loss_fn):
         raise ConfigError(f"loss_fn={loss_fn!r} must be a function (params, batch) -> scalar loss; pass one")
     if mesh is not None and not isinstance(mesh, Mesh):
         raise ConfigError(f"mesh={mesh!r} must be a jax.sharding.Mesh with one axis 'shards', or None")
-    return ESTIMATORS[config.name](config, sigma, loss_fn, mesh, shards)
+    return ESTIMATORS[own.NAME](own, loss_fn, mesh, shards)
 
 
 def _population(population: int, shards: int) -> int:
@@ -81,14 +89,15 @@ def _population(population: int, shards: int) -> int:
     return population // shards
 
 
-# A constructor's messages name its keyword arguments, not the config's dotted settings.
-_ARGUMENTS = {f.name: f.name for f in fields(EstimatorConfig)} | {"sigma": "sigma", "shards": "shards"}
-
-
-def _es_names(population: int, shards: int) -> dict[str, str]:
-    """Message names of the population settings, as a constructor's user wrote them."""
+def _argument_names(population: int = 0, shards: int = 1) -> Namer:
+    """A constructor's messages name its keyword arguments, not the config's dotted settings."""
     per_shard = f"population / shards ({population} / {shards})" if shards > 1 else "population"
-    return _ARGUMENTS | {"pop_per_shard": per_shard, "population": "population"}
+    return lambda key: per_shard if key == "pop_per_shard" else key
+
+
+def _constructed(own: OwnConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int, name: Namer) -> EstimateFn:
+    own.validate(shards, name)
+    return _build(own, loss_fn, mesh, shards)
 
 
 def wsr(
@@ -106,12 +115,11 @@ def wsr(
     chunk_size: int = 0,
 ) -> EstimateFn:
     """WSR (OpenAI-ES with eps = sigma * N(0, I)): `population` candidates in `shards` logical shards, each z-scored alone."""
-    pps = _population(population, shards)
-    config = EstimatorConfig(
-        name="wsr", pop_per_shard=pps, antithetic=antithetic, fitness_shaping=fitness_shaping,
-        normalize=normalize, rank=rank, eval_mode=eval_mode, chunk_size=chunk_size,
+    own = WsrConfig(
+        sigma=sigma, pop_per_shard=_population(population, shards), antithetic=antithetic,
+        fitness_shaping=fitness_shaping, normalize=normalize, rank=rank, eval_mode=eval_mode, chunk_size=chunk_size,
     )
-    return _make(config, sigma, loss_fn, mesh, shards, _es_names(population, shards))
+    return _constructed(own, loss_fn, mesh, shards, _argument_names(population, shards))
 
 
 def finite_diff(
@@ -126,19 +134,18 @@ def finite_diff(
     chunk_size: int = 0,
 ) -> EstimateFn:
     """Finite differences probing `population` coordinates (all when >= the parameter count) with nudge `sigma`."""
-    pps = _population(population, shards)
-    config = EstimatorConfig(
-        name="finite_diff", pop_per_shard=pps, fd_sigma=sigma, central=central, eval_mode=eval_mode,
+    own = FiniteDiffConfig(
+        sigma=sigma, pop_per_shard=_population(population, shards), central=central, eval_mode=eval_mode,
         chunk_size=chunk_size,
     )
-    return _make(config, 0.0, loss_fn, mesh, shards, _es_names(population, shards) | {"fd_sigma": "sigma"})
+    return _constructed(own, loss_fn, mesh, shards, _argument_names(population, shards))
 
 
 def forward_mode(loss_fn: LossFn, *, chunk_size: int = 0) -> EstimateFn:
     """The exact gradient by forward-mode jvps, `chunk_size` basis tangents at a time (0 = 32)."""
-    return _make(EstimatorConfig(name="forward_mode", chunk_size=chunk_size), 0.0, loss_fn, None, 1, _ARGUMENTS)
+    return _constructed(ForwardModeConfig(chunk_size=chunk_size), loss_fn, None, 1, _argument_names())
 
 
 def backprop(loss_fn: LossFn) -> EstimateFn:
     """The exact gradient by backpropagation (jax.value_and_grad)."""
-    return _make(EstimatorConfig(name="backprop"), 0.0, loss_fn, None, 1, _ARGUMENTS)
+    return _constructed(BackpropConfig(), loss_fn, None, 1, _argument_names())

@@ -5,15 +5,13 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh
 
-from esmeta.config import EstimatorConfig
+from esmeta.config import BackpropConfig
 from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, exact_gradient_result, fitness_from_loss
 
 
-def make_backprop(
-    config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int
-) -> EstimateFn:
-    """One evaluation and its gradient; `sigma`, the mesh and the shards are unused (no population)."""
-    del config, sigma, mesh, shards
+def make_backprop(config: BackpropConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
+    """One evaluation and its gradient; the mesh and the shards are unused (no population)."""
+    del config, mesh, shards
 
     def estimate(key: jax.Array, params: Params, batch: Batch) -> tuple[Params, dict[str, jax.Array]]:
         del key  # deterministic

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from esmeta.config import EstimatorConfig
+from esmeta.config import FiniteDiffConfig
 from esmeta.estimators import population
 from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_from_loss, tree_norm
 from esmeta.estimators.population import LocalShards, run_sharded
@@ -43,20 +43,17 @@ def probe_coordinates(key: jax.Array, total: int, num_params: int) -> tuple[jax.
     return jax.random.permutation(key, num_params)[:total], jnp.ones(total, bool)
 
 
-def step_scale(total: int, num_params: int, shards: int, config: EstimatorConfig) -> float:
-    """The factor between the summed difference quotients and g, as `fd_reduce` and `fd_rescale_subset` read it."""
-    factor = 1.0 / shards if config.fd_reduce == "mean" else 1.0
-    if config.fd_rescale_subset and total < num_params:
+def step_scale(total: int, num_params: int, shards: int, config: FiniteDiffConfig) -> float:
+    """The factor between the summed difference quotients and g, as `reduce` and `rescale_subset` read it."""
+    factor = 1.0 / shards if config.reduce == "mean" else 1.0
+    if config.rescale_subset and total < num_params:
         factor *= num_params / total
     return factor
 
 
-def make_finite_diff(
-    config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int
-) -> EstimateFn:
-    """Finite-difference estimate probing `config.pop_per_shard` coordinates per shard; `sigma` is unused."""
-    del sigma  # the nudge is config.fd_sigma
-    pps, h, central = config.pop_per_shard, config.fd_sigma, config.central
+def make_finite_diff(config: FiniteDiffConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
+    """Finite-difference estimate probing `config.pop_per_shard` coordinates per shard with the nudge `config.sigma`."""
+    pps, h, central = config.pop_per_shard, config.sigma, config.central
     precision = population.fitness_precision(config.fitness_precision)
 
     def local(key: jax.Array, params: Params, batch: Batch, where: LocalShards):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from esmeta.config import EstimatorConfig
+from esmeta.config import ForwardModeConfig
 from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, exact_gradient_result, fitness_from_loss
 
 TANGENTS = 32  # basis tangents pushed forward together when estimator.chunk_size is 0
@@ -40,11 +40,9 @@ def directional_derivatives(
     return value_n[0], slope_n
 
 
-def make_forward_mode(
-    config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int
-) -> EstimateFn:
-    """The exact gradient, D_phi jvps in blocks of `chunk_size` (or TANGENTS); sigma, mesh and shards are unused."""
-    del sigma, mesh, shards
+def make_forward_mode(config: ForwardModeConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
+    """The exact gradient, D_phi jvps in blocks of `chunk_size` (or TANGENTS); the mesh and shards are unused."""
+    del mesh, shards
     tangents = config.chunk_size or TANGENTS
 
     def estimate(key: jax.Array, params: Params, batch: Batch) -> tuple[Params, dict[str, jax.Array]]:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from esmeta.config import EstimatorConfig
+from esmeta.config import WsrConfig
 from esmeta.estimators import population
 from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_from_loss, tree_norm
 from esmeta.estimators.population import LocalShards, run_sharded
@@ -91,9 +91,9 @@ def shape_fitness(fitness_n: jax.Array, shaping: str) -> jax.Array:
     return jnp.where(valid & informative, z, 0.0).astype(jnp.float32)
 
 
-def make_wsr(config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
+def make_wsr(config: WsrConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
     """WSR estimate over `shards` shards of `config.pop_per_shard` candidates each."""
-    pps = config.pop_per_shard
+    pps, sigma = config.pop_per_shard, config.sigma
     precision = population.fitness_precision(config.fitness_precision)
 
     def local(key: jax.Array, params: Params, batch: Batch, where: LocalShards):
