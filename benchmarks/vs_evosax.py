@@ -67,7 +67,7 @@ from esmeta.config import EstimatorConfig
 from esmeta.estimators import population as pop
 from esmeta.estimators.wsr import candidate_noise
 from esmeta.protonet import init_params
-from esmeta.train import cpu_name
+from esmeta.provenance import cpu_name
 
 try:
     from evosax.algorithms import Open_ES

@@ -8,7 +8,8 @@ resumed run draws the same episodes and perturbations as an uninterrupted one (b
 The file is `{"format", "sha256", "payload"}`: the payload's SHA-256 is checked before anything in it
 is trusted, and the arrays' shapes and dtypes against the run's own, so a damaged checkpoint is one
 line naming it, never a resumed run with silently different weights. Which config changes a resumed
-(or kept) run tolerates is decided here too (`RESUMABLE_CHANGES`, `check_same_run`).
+(or kept) run tolerates is decided here too (`RESUMABLE_CHANGES`, `check_same_run`), and what a run
+directory holds for a configuration (`inspect_run_dir`: a finished run to keep, a checkpoint, or neither).
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flax import serialization
 
 from esmeta.errors import ConfigError
-from esmeta.results import CHECKPOINT, atomic_write_bytes
+from esmeta.results import CHECKPOINT, DONE, atomic_write_bytes, read_finished_summary
 
-__all__ = ["CHECKPOINT", "Progress", "Saved", "load", "read", "refuse", "restore", "save", "sha256"]
+if TYPE_CHECKING:
+    from esmeta.config import Config
+
+__all__ = ["CHECKPOINT", "Progress", "RunState", "Saved", "inspect_run_dir", "load", "read", "refuse", "restore", "save",
+           "sha256"]
 FORMAT = 3  # 2: a checksummed payload; 3: its arrays are (params, opt_state, batch-norm running averages)
 
 
@@ -154,3 +159,40 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Path, 
             f"{where} holds {what} of a different configuration ({diff}); "
             "write to another directory (hydra.run.dir=...) or pass train.resume=false to start over"
         )
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a run directory holds for this configuration: a finished run to keep, a checkpoint, or neither."""
+
+    finished: dict[str, Any] | None = None
+    saved: Saved | None = None
+
+
+def _check_progress(saved: Saved, config: Config) -> None:
+    """A checkpoint's episode count must lie inside this run and agree with its logged epochs."""
+    p, epe = saved.progress, config.train.episodes_per_epoch
+    total = config.train.epochs * epe
+    if not (0 < p.step < total and len(p.records) == p.step // epe and len(p.window) == p.step % epe):
+        raise refuse(
+            saved.path, f"it says {p.step} episodes done with {len(p.records)} epochs logged, which does not fit "
+            f"this run's {config.train.epochs} x {epe} episodes"
+        )
+
+
+def inspect_run_dir(config: Config, path: Path) -> RunState:
+    """What `path` holds for `config`, reading only; a finished run of another configuration, a damaged
+    summary or an unusable checkpoint is a one-line EsmetaError (the command is refused, nothing written)."""
+    if not config.train.resume:
+        return RunState()
+    if (path / DONE).exists():
+        previous = read_finished_summary(path)
+        if previous.get("status") not in ("failed", "skipped"):  # a job that never ran is redone
+            check_same_run(previous.get("config", {}), config.to_dict(), path, "a finished run")
+            return RunState(finished=previous)
+    if (path / CHECKPOINT).exists():
+        saved = read(path / CHECKPOINT)
+        check_same_run(saved.config, config.to_dict(), path, "a checkpoint")
+        _check_progress(saved, config)
+        return RunState(saved=saved)
+    return RunState()

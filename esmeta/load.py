@@ -15,8 +15,7 @@ from esmeta.config import Config, from_mapping
 from esmeta.data.episodes import to_float
 from esmeta.errors import DataError, EsmetaError
 from esmeta.protonet import BatchStats, Params, embed, init_batch_stats, init_params
-from esmeta.results import BATCH_STATS, DONE, PARAMS, SUMMARY
-from esmeta.train import read_finished_summary
+from esmeta.results import BATCH_STATS, DONE, PARAMS, SUMMARY, read_finished_summary
 
 
 def _read_params(path: Path, template: Params, expected_sha256: str | None) -> Params:

@@ -231,6 +231,20 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / SUMMARY).read_text())
 
 
+def read_finished_summary(path: Path) -> dict[str, Any]:
+    """A finished run's summary.json, or a one-line DataError naming the file when it is damaged."""
+    try:
+        summary = read_summary(path)
+        if not isinstance(summary, dict) or not isinstance(summary.get("config", {}), dict):
+            raise ValueError("not a summary object")
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"{path / SUMMARY} is unreadable ({type(e).__name__}: {' '.join(str(e).split())}); "
+            f"delete {path / DONE} to run it again, or pass train.resume=false"
+        ) from None
+    return summary
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every row of a run's metrics file ([] where it has none); ValueError naming the first unreadable line."""
     file = Path(run_dir) / METRICS

@@ -9,11 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import platform
-import shlex
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +24,10 @@ from flax import serialization
 
 from esmeta import checkpoint
 from esmeta.config import Config, EstimatorConfig, check_fits_scale, scaled
+from esmeta.console import ProgressBar, epoch_line
 from esmeta.data import load_omniglot, sample_episode, split_classes
 from esmeta.data.omniglot import check_zips
-from esmeta.errors import DataError, EsmetaError
+from esmeta.errors import EsmetaError
 from esmeta.estimators import make_estimator
 from esmeta.hardware import configure_backend, make_mesh
 from esmeta.protonet import (
@@ -42,7 +38,8 @@ from esmeta.protonet import (
     num_params,
     update_running,
 )
-from esmeta.results import DONE, SUMMARY, DirLock, RunDir, read_summary
+from esmeta.provenance import available_cores, provenance, versions
+from esmeta.results import DirLock, RunDir, read_finished_summary
 from esmeta.tracking import default_group, epoch_row, open_tracker, run_name, run_tags
 
 log = logging.getLogger(__name__)
@@ -128,108 +125,6 @@ def all_finite(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
 
 
-def versions() -> dict[str, str]:
-    import flax
-
-    import esmeta
-
-    return {
-        "esmeta": esmeta.__version__,
-        "jax": jax.__version__,
-        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def provenance() -> dict[str, Any]:
-    """What produced a result: the command line, esmeta's git commit (None outside a checkout) and whether the
-    checkout had uncommitted changes, and the machine (processor and the cores this process may use)."""
-    package = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {
-        "command": shlex.join([Path(sys.executable).name, "-m", "esmeta.run", *sys.argv[1:]]),
-        "commit": commit,
-        "dirty": None if status is None else bool(status),
-        "machine": {"processor": cpu_name(), "cores": available_cores(), "platform": platform.platform()},
-    }
-
-
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo on Linux), else what `platform` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-class ProgressBar:
-    """A tqdm bar on a terminal; silent otherwise (or as `train.progress` says). While the bar shows, log records
-    that would go to the console (Hydra's stdout handler) are written above it instead of through it; the job's
-    `.log` file is not touched."""
-
-    def __init__(self, total: int, mode: str, initial: int = 0):
-        enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
-        self.bar = None
-        self._redirect = None
-        if enabled:
-            from tqdm import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="ep", dynamic_ncols=True, leave=False)
-            self._redirect = logging_redirect_tqdm()
-            self._redirect.__enter__()
-
-    def update(self, n: int = 1, **postfix: float) -> None:
-        if self.bar is not None:
-            if postfix:
-                self.bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()}, refresh=False)
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self._redirect is not None:
-            self._redirect.__exit__(None, None, None)
-            self._redirect = None
-
-
-def _clock(seconds: float) -> str:
-    """Seconds as h:mm:ss."""
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def epoch_line(record: dict[str, float], total: int, epochs: int, elapsed: float, eta: float) -> str:
-    """The one progress line an epoch logs (`esmeta.train`, INFO): what a job's `.log` shows of a run."""
-    val = record.get("val/accuracy")
-    return (
-        f"epoch {record['epoch']}/{epochs} | episode {record['episode']}/{total} | "
-        f"train loss {record['train/loss']:.4f} | val accuracy {'-' if val is None else f'{val:.4f}'} | "
-        f"{record['es/candidates_per_s']:.1f} candidates/s | elapsed {_clock(elapsed)} | ETA {_clock(eta)}"
-    )
-
-
 def make_budget_clock(kind: str) -> Callable[[], float]:
     """Seconds spent so far by the budget's clock: elapsed wall time, or this process's CPU time divided by
     the cores it may use (on a machine shared with other work, the compute a quiet machine would give)."""
@@ -273,62 +168,11 @@ def check_start(config: Config) -> tuple[Any, int]:
     return mesh, shards
 
 
-@dataclass(frozen=True)
-class RunState:
-    """What a run directory holds for this configuration: a finished run to keep, a checkpoint, or neither."""
-
-    finished: dict[str, Any] | None = None
-    saved: checkpoint.Saved | None = None
-
-
-def read_finished_summary(path: Path) -> dict[str, Any]:
-    """A finished run's summary.json, or a one-line DataError naming the file when it is damaged."""
-    try:
-        summary = read_summary(path)
-        if not isinstance(summary, dict) or not isinstance(summary.get("config", {}), dict):
-            raise ValueError("not a summary object")
-    except (OSError, ValueError) as e:
-        raise DataError(
-            f"{path / SUMMARY} is unreadable ({type(e).__name__}: {' '.join(str(e).split())}); "
-            f"delete {path / DONE} to run it again, or pass train.resume=false"
-        ) from None
-    return summary
-
-
-def _check_progress(saved: checkpoint.Saved, config: Config) -> None:
-    """A checkpoint's episode count must lie inside this run and agree with its logged epochs."""
-    p, epe = saved.progress, config.train.episodes_per_epoch
-    total = config.train.epochs * epe
-    if not (0 < p.step < total and len(p.records) == p.step // epe and len(p.window) == p.step % epe):
-        raise checkpoint.refuse(
-            saved.path, f"it says {p.step} episodes done with {len(p.records)} epochs logged, which does not fit "
-            f"this run's {config.train.epochs} x {epe} episodes"
-        )
-
-
-def inspect_run_dir(config: Config, path: Path) -> RunState:
-    """What `path` holds for `config`, reading only; a finished run of another configuration, a damaged
-    summary or an unusable checkpoint is a one-line EsmetaError (the command is refused, nothing written)."""
-    if not config.train.resume:
-        return RunState()
-    if (path / DONE).exists():
-        previous = read_finished_summary(path)
-        if previous.get("status") not in ("failed", "skipped"):  # a job that never ran is redone
-            checkpoint.check_same_run(previous.get("config", {}), config.to_dict(), path, "a finished run")
-            return RunState(finished=previous)
-    if (path / checkpoint.CHECKPOINT).exists():
-        saved = checkpoint.read(path / checkpoint.CHECKPOINT)
-        checkpoint.check_same_run(saved.config, config.to_dict(), path, "a checkpoint")
-        _check_progress(saved, config)
-        return RunState(saved=saved)
-    return RunState()
-
-
 def preflight(config: Config, run_dir: Path) -> DirLock | None:
     """Every check of a single run, before Hydra writes into its directory: hardware, data, what the directory
     holds, and its lock (returned, held; None for a multi-process run, whose process 0 locks in `train`)."""
     check_start(config)
-    inspect_run_dir(config, run_dir)
+    checkpoint.inspect_run_dir(config, run_dir)
     return DirLock(run_dir).acquire() if config.hardware.processes == 1 else None
 
 
@@ -362,7 +206,7 @@ def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> di
     out = RunDir(run_dir, enabled=writer)
     lock = out.lock()
     try:
-        state = inspect_run_dir(config, out.path)
+        state = checkpoint.inspect_run_dir(config, out.path)
         if state.finished is not None:
             log.warning("%s already holds this finished run: not retrained (train.resume=false starts over)", out.path)
             return state.finished
@@ -486,11 +330,9 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     run = scaled(config)  # what executes: the scale's caps applied (config keeps the requested values)
     t = run.task
     setup = build(config, run, mesh, shards)
-    params, opt_state, running = setup.state
-    progress = checkpoint.Progress()
+    state, progress = setup.state, checkpoint.Progress()
     if saved is not None:
-        params, opt_state, running = checkpoint.restore(saved, setup.state)
-        progress = saved.progress
+        state, progress = checkpoint.restore(saved, setup.state), saved.progress
     out.start(keep_checkpoint=resuming, record=job.record)  # the first write into the directory: all checked
     if resuming:
         out.rewrite_metrics(progress.records)  # drop lines logged after the checkpoint
@@ -499,60 +341,14 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
                      config.train.epochs * config.train.episodes_per_epoch, len(progress.records), ckpt_path)
     budget_seconds = make_budget_clock(config.train.budget_clock)
     elapsed = lambda: progress.seconds + time.perf_counter() - start  # noqa: E731
-    status, stopped_by_budget = "completed", False
-    epe, every = config.train.episodes_per_epoch, config.train.checkpoint_every
-    total = config.train.epochs * epe
     tracker = open_tracker(
         config.logger, out.path, name=run_name(job.overrides), group=default_group(job.sweep, job.sweep_dir),
         tags=run_tags(config), config=config.to_dict(), enabled=writer, resume=config.train.resume,
     )
-    bar = ProgressBar(total, config.train.progress, initial=progress.step)
-    pending: list[dict[str, jax.Array]] = []  # device metrics not yet pulled to the host
-    epoch_t0, epoch_steps = time.perf_counter(), 0
-    loop_t0, loop_step0 = epoch_t0, progress.step  # this process's pace, for the ETA
-
-    def pull() -> None:  # one host transfer for the steps since the last one
-        progress.window.extend({k: float(v) for k, v in m.items()} for m in jax.device_get(pending))
-        pending.clear()
-
     with tracker:
-        try:
-            while progress.step < total:
-                params, opt_state, running, m = setup.train_step(
-                    params, opt_state, running, jax.random.fold_in(setup.train_key, progress.step)
-                )
-                pending.append(m)
-                progress.step, epoch_steps = progress.step + 1, epoch_steps + 1
-                bar.update(1)
-                if progress.step % epe == 0:  # end of an epoch: log, validate, check for collapse and budget
-                    pull()
-                    record, finite = end_epoch(progress, params, running, setup, epe, epoch_steps,
-                                               time.perf_counter() - epoch_t0, elapsed(), out, tracker)
-                    epoch_t0, epoch_steps = time.perf_counter(), 0
-                    bar.update(0, loss=record["train/loss"], val=progress.val_acc)
-                    if writer:
-                        pace = (time.perf_counter() - loop_t0) / (progress.step - loop_step0)
-                        log.info(epoch_line(record, total, config.train.epochs, elapsed(),
-                                            pace * (total - progress.step)))
-                    if not finite or not math.isfinite(record["train/loss"]):
-                        # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.
-                        status = "collapsed"
-                        break
-                    if config.train.max_minutes and (
-                        progress.budget_seconds + budget_seconds() > 60 * config.train.max_minutes
-                    ):
-                        stopped_by_budget = progress.step < total
-                        break
-                if every and (progress.step % every == 0 or progress.step % epe == 0) and progress.step < total:
-                    pull()
-                    snapshot = dataclasses.replace(
-                        progress, seconds=elapsed(), budget_seconds=progress.budget_seconds + budget_seconds()
-                    )
-                    if writer:
-                        checkpoint.save(ckpt_path, (params, opt_state, running), snapshot, config.to_dict())
-        finally:
-            bar.close()
-
+        (params, _, running), status, stopped_by_budget = train_loop(
+            config, setup, state, progress, out, tracker, elapsed, budget_seconds
+        )
         test = make_evaluator(setup.images["test"], episode_keys(setup.test_key, config.eval.test_episodes),
                               t.test_way, t.test_shot, t.test_query, setup.eval_metrics)
         accuracies = np.asarray(test(params, running))
@@ -563,3 +359,59 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
         tracker.summary({k: v for k, v in summary.items() if k not in ("config", "versions", "devices", "overrides")})
         ckpt_path.unlink(missing_ok=True)  # the run is complete: params.msgpack and the summary replace it
     return summary
+
+
+def train_loop(config: Config, setup: Setup, state: tuple[Any, Any, Any], progress: checkpoint.Progress, out: RunDir,
+               tracker: Any, elapsed: Callable[[], float],
+               budget_seconds: Callable[[], float]) -> tuple[tuple[Any, Any, Any], str, bool]:
+    """Train from episode `progress.step` until the last episode, a collapse or the time budget, closing each epoch
+    (`end_epoch`) and checkpointing as configured. Returns the final (params, opt_state, running), the status
+    ("completed" or "collapsed") and whether the time budget stopped the run."""
+    params, opt_state, running = state
+    status, stopped_by_budget = "completed", False
+    epe, every = config.train.episodes_per_epoch, config.train.checkpoint_every
+    total = config.train.epochs * epe
+    bar = ProgressBar(total, config.train.progress, initial=progress.step)
+    pending: list[dict[str, jax.Array]] = []  # device metrics not yet pulled to the host
+    epoch_t0, epoch_steps = time.perf_counter(), 0
+    loop_t0, loop_step0 = epoch_t0, progress.step  # this process's pace, for the ETA
+
+    def pull() -> None:  # one host transfer for the steps since the last one
+        progress.window.extend({k: float(v) for k, v in m.items()} for m in jax.device_get(pending))
+        pending.clear()
+
+    try:
+        while progress.step < total:
+            params, opt_state, running, m = setup.train_step(
+                params, opt_state, running, jax.random.fold_in(setup.train_key, progress.step)
+            )
+            pending.append(m)
+            progress.step, epoch_steps = progress.step + 1, epoch_steps + 1
+            bar.update(1)
+            if progress.step % epe == 0:  # end of an epoch: log, validate, check for collapse and budget
+                pull()
+                record, finite = end_epoch(progress, params, running, setup, epe, epoch_steps,
+                                           time.perf_counter() - epoch_t0, elapsed(), out, tracker)
+                epoch_t0, epoch_steps = time.perf_counter(), 0
+                bar.update(0, loss=record["train/loss"], val=progress.val_acc)
+                if out.enabled:
+                    pace = (time.perf_counter() - loop_t0) / (progress.step - loop_step0)
+                    log.info(epoch_line(record, total, config.train.epochs, elapsed(), pace * (total - progress.step)))
+                if not finite or not math.isfinite(record["train/loss"]):
+                    # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.
+                    status = "collapsed"
+                    break
+                if config.train.max_minutes and progress.budget_seconds + budget_seconds() > 60 * config.train.max_minutes:
+                    stopped_by_budget = progress.step < total
+                    break
+            if every and (progress.step % every == 0 or progress.step % epe == 0) and progress.step < total:
+                pull()
+                snapshot = dataclasses.replace(
+                    progress, seconds=elapsed(), budget_seconds=progress.budget_seconds + budget_seconds()
+                )
+                if out.enabled:
+                    checkpoint.save(out.path / checkpoint.CHECKPOINT, (params, opt_state, running), snapshot,
+                                    config.to_dict())
+    finally:
+        bar.close()
+    return (params, opt_state, running), status, stopped_by_budget
