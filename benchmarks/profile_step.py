@@ -27,6 +27,9 @@ Each stage's input is precomputed; share is of the sum of block1..head. flops is
 activations the stage writes (a conv's H*W*Cout*4*images output before pooling, plus block1's 9-float patches
 and every stage's pooled output); flops_per_byte is their ratio. matmul_peak_gflops is a dense float32
 2048x2048 matmul measured in the same process (population_throughput), on every row next to the times.
+Then kernel=matmul rows: block 2's convolution at 16 channels as one plain matmul, (100*16*16 pixels x 9*16
+patch values) @ (9*16 x N), for N = 16 output columns (what each candidate has) and 64 (four candidates' weights
+side by side): how much of the peak the CPU's matmul kernel gives a 16-column product, whatever the layout.
 Last, one line (part=hlo) per channel count: the compiled fitness_only's HLO op counts (fusions, convolutions,
 dots) from jax.jit(...).lower(...).compile().as_text().
     python benchmarks/profile_step.py [--quick]   # quick: 16 channels, population 64, fewer repeats (< 30 s)
@@ -272,6 +275,22 @@ def stage_parts(channels, episode, mu, args, peak, common) -> list[dict]:
     return rows
 
 
+def kernel_parts(args, peak, common, columns: tuple[int, ...] = (16, 64)) -> list[dict]:
+    """Block 2's matmul shape at 16 channels, (25600 x 144) @ (144 x N), timed for each N in `columns`."""
+    m, k = N_IMAGES * 16 * 16, 9 * 16
+    x = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
+    rows = []
+    for n in columns:
+        w = jax.random.normal(jax.random.key(n), (k, n), jnp.float32)
+        f = jax.jit(highest(lambda x, w: x @ w))
+        secs = median_seconds(lambda f=f, w=w: f(x, w), args.stage_repeats)
+        flops = 2 * m * k * n
+        rows.append(emit({"kernel": "matmul", "m": m, "k": k, "n": n, "ms": round(1e3 * secs, 4),
+                          "gflops": round(flops / secs / 1e9, 2),
+                          "share_of_matmul_peak": round(flops / secs / 1e9 / peak, 4), **common}))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     episode = fixed_episode(args)
@@ -285,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         mu = init_params(jax.random.key(1), channels, SIZE)
         rows += population_parts(channels, population, episode, mu, args, peak, common)
         rows += stage_parts(channels, episode, mu, args, peak, common)
+    rows += kernel_parts(args, peak, common)
 
     print(f"\nmatmul peak {peak:.0f} GFLOP/s on {common['cores']} {common['backend']} cores", file=sys.stderr)
     for r in rows:
@@ -294,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         elif "share_of_stage_sum" in r:
             print(f"{r['channels']:>3}ch {r['stage']:>10}: {r['ms']:8.3f} ms  {r['share_of_stage_sum']:6.1%} of stages  "
                   f"{r['flops_per_byte']:6.1f} FLOP/B  {r['share_of_matmul_peak']:6.1%} of peak", file=sys.stderr)
+        elif "kernel" in r:
+            print(f"matmul ({r['m']} x {r['k']}) @ ({r['k']} x {r['n']}): {r['ms']:8.3f} ms  "
+                  f"{r['share_of_matmul_peak']:6.1%} of peak", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,8 @@ def test_profile_step_quick(tmp_path, omniglot32):
     assert sum(stages[s]["share_of_stage_sum"] for s in main) == pytest.approx(1.0, abs=1e-3)
     # block 2 at 16 channels: a 3x3 conv 16 -> 16 on 100 images of 16x16, 2*H*W*9*Cin*Cout*images FLOPs.
     assert stages["block2"]["flops"] == 2 * 16 * 16 * 9 * 16 * 16 * 100
+    kernels = {r["n"]: r for r in lines if r.get("kernel") == "matmul"}
+    assert kernels.keys() == {16, 64}
+    for n, r in kernels.items():  # block 2's pixels x patch values, times n output columns
+        assert (r["m"], r["k"]) == (100 * 16 * 16, 9 * 16) and r["share_of_matmul_peak"] > 0
+        assert r["gflops"] == pytest.approx(2 * r["m"] * r["k"] * n / (r["ms"] / 1e3) / 1e9, rel=1e-2)
