@@ -296,14 +296,26 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun")  # Hydra's flags that take the next word
+
+
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
     """(overrides, multirun?, other flags?) from the command line.
 
     Any flag other than -m/--multirun (--help, --cfg job, --info, ...) goes to Hydra unchecked.
     """
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    flags = [a for a in argv if a.startswith("-") and a not in ("-m", "--multirun")]
-    overrides = [a for a in argv if not a.startswith("-")]
+    flags, overrides, after_flag = [], [], False
+    for a in argv:
+        if after_flag:  # the value of --cfg, -cn, ...
+            after_flag = False
+        elif a.startswith("-"):
+            if a not in ("-m", "--multirun"):
+                flags.append(a)
+                after_flag = a in HYDRA_VALUE_FLAGS
+        else:
+            overrides.append(a)
     return overrides, multirun, bool(flags)
 
 
@@ -318,17 +330,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     overrides, multirun, passthrough = _split_argv(argv)
     lock = None
-    if not passthrough:
-        try:
+    try:
+        if not passthrough:
             lock = _preflight(overrides, multirun)
-        except EsmetaError as e:
-            fail(str(e))
+        elif overrides and not multirun:  # --help, --cfg job, ...: Hydra composes first; its errors become one line
+            check_composes(overrides)
+    except EsmetaError as e:
+        fail(str(e))
     sys.argv = [sys.argv[0], *argv]
     try:
         _job()
     finally:
         if lock is not None:
             lock.release()
+
+
+def check_composes(overrides: Sequence[str]) -> None:
+    """A ConfigError if Hydra cannot compose these overrides (a bad group option, an unknown key, a comma
+    list without -m); the values are not validated: `--cfg job` shows what a run would get, valid or not."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        try:
+            compose(CONFIG_NAME, overrides=list(overrides))
+        except Exception as e:  # Hydra composition errors and OmegaConf errors (bad keys, types)
+            raise ConfigError(_hydra_error_message(e)) from None
 
 
 def _preflight(overrides: Sequence[str], multirun: bool) -> Any:

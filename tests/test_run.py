@@ -172,6 +172,25 @@ def test_cli_bad_overrides_exit_2_with_one_line(tmp_path, overrides, fragment):
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--help", "estimator=wsr,finite_diff"], "Ambiguous value for argument 'estimator=wsr,finite_diff'"),
+        (["--cfg", "job", "estimator=bogus"], "estimator=bogus is not an option; choose one of: backprop"),
+        (["--cfg", "job", "task.wya=3"], "unknown setting task.wya"),
+    ],
+)
+def test_hydras_own_flags_with_overrides_that_do_not_compose_exit_2_with_one_line(tmp_path, args, fragment):
+    proc = run_cli(*args, cwd=tmp_path)
+    assert_one_line_error(proc, fragment)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cfg_job_still_shows_a_composed_config_whose_values_a_run_would_refuse(tmp_path):
+    proc = run_cli("--cfg", "job", "alpha=-1", cwd=tmp_path)  # composes; `train` would refuse alpha=-1
+    assert proc.returncode == 0 and "alpha: -1" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_cli_bad_sweep_value_launches_nothing(tmp_path):
     proc = run_cli("-m", "task.shot=1,25", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert_one_line_error(proc, "task.shot + task.query = 25 + 5")
