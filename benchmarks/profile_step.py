@@ -44,6 +44,7 @@ import re
 import statistics
 import sys
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +66,19 @@ from population_throughput import (
 from esmeta.estimators import population as pop
 from esmeta.estimators.base import fitness_from_loss
 from esmeta.estimators.wsr import candidate_noise, shape_fitness
-from esmeta.protonet import BN_EPS, NHWC, embed_with_moments, init_params, max_pool, num_params, prototypes, similarity
+from esmeta.protonet import (
+    conv_output,
+    embed_with_moments,
+    first_block,
+    first_conv_moments,
+    init_params,
+    norm_inverse,
+    normalize_block,
+    num_params,
+    patches_3x3,
+    prototypes,
+    similarity,
+)
 
 N_IMAGES = WAY * (SHOT + QUERY)
 FULL = ((16, 256), (64, 64))  # (channels, population)
@@ -107,13 +120,12 @@ def highest(fn):
     return wrapped
 
 
-def block(conv, norm, x):
+def block(layer, x, *, index: int):
     """One of blocks 2-4 as protonet.embed_with_moments computes it (batch statistics of all rows)."""
-    y = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=NHWC) + conv["bias"]
+    y = conv_output(layer, index, x)
     mean = y.mean(axis=(0, 1, 2))
     var = jnp.square(y - mean).mean(axis=(0, 1, 2))
-    inv = norm["scale"] * jax.lax.rsqrt(var + BN_EPS)
-    return jax.nn.relu(max_pool(y * inv + (norm["bias"] - mean * inv)))
+    return normalize_block(layer, index, y, mean, norm_inverse(layer, index, var))
 
 
 def head(z, n_support: int):
@@ -200,23 +212,17 @@ def block1_parts(first, images, repeats: int) -> dict[str, float]:
     """block1 split as embed_with_moments computes it: the 3x3 patches (candidate-independent), their mean and
     covariance (candidate-independent: a lax.map over candidates may hoist both out of its loop), and the
     per-candidate rest (fold batch norm into the weights, (pixels x 9) @ (9 x C), max-pool, ReLU)."""
-    n, size = images.shape[0], images.shape[1]
-    conv, norm = first["Conv_0"], first["EpisodeBatchNorm_0"]
-
     def patches_of(im):
-        return jax.lax.conv_general_dilated_patches(im, (3, 3), (1, 1), "SAME",
-                                                    dimension_numbers=NHWC).reshape(n * size * size, -1)
+        return patches_3x3(im)
 
     def moments(p):
-        m = p.mean(axis=0)
-        return m, p.T @ p / p.shape[0] - jnp.outer(m, m)
+        flat = p.reshape(-1, p.shape[-1])
+        m = flat.mean(axis=0)
+        return m, flat.T @ flat / flat.shape[0] - jnp.outer(m, m)
 
     def apply(p, m, cov):
-        w = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])
-        mean, var = m @ w + conv["bias"], jnp.sum((cov @ w) * w, axis=0)
-        inv = norm["scale"] * jax.lax.rsqrt(var + BN_EPS)
-        y = (p @ (w * inv)).reshape(n, size, size, -1)
-        return jax.nn.relu(max_pool(y) + (conv["bias"] - mean) * inv + norm["bias"])
+        mean, var = first_conv_moments(first, m, cov)
+        return first_block(first, p, mean, norm_inverse(first, 0, var))
 
     patches_fn, moments_fn, apply_fn = (jax.jit(highest(f)) for f in (patches_of, moments, apply))
     p = patches_fn(images)
@@ -240,10 +246,10 @@ def stage_parts(channels, episode, mu, args, peak, common) -> list[dict]:
     x = fns["block1"][0](first, images)
     inputs = {"block1": images}
     for b in (2, 3, 4):
-        layer = (mu[f"Conv_{b - 1}"], mu[f"EpisodeBatchNorm_{b - 1}"])
-        fns[f"block{b}"] = (jax.jit(highest(block)), layer)
+        layer = {k: mu[k] for k in (f"Conv_{b - 1}", f"EpisodeBatchNorm_{b - 1}")}
+        fns[f"block{b}"] = (jax.jit(highest(partial(block, index=b - 1))), (layer,))
         inputs[f"block{b}"] = x
-        x = fns[f"block{b}"][0](*layer, x)
+        x = fns[f"block{b}"][0](layer, x)
     z = x.reshape(x.shape[0], -1)
     fns["head"] = (jax.jit(highest(lambda z: head(z, n_support))), ())
     inputs["head"] = z

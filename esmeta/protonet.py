@@ -142,34 +142,27 @@ def embed_with_moments(
     With fixed (running) statistics the fold is simpler still: batch norm is a per-channel affine map,
     and the first block is one affine conv. Every block pools before the ReLU (max-pool and ReLU commute).
     """
-    n, size = images.shape[0], images.shape[1]
     moments = {}
-    patches = jax.lax.conv_general_dilated_patches(images, (3, 3), (1, 1), "SAME", dimension_numbers=NHWC)
-    patches = patches.reshape(n * size * size, -1)  # (pixels, 9): the 3x3 neighbourhood of every pixel
-    conv, norm = params["Conv_0"], params["EpisodeBatchNorm_0"]
-    w = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])  # (9, channels), rows in the patches' order
+    patches = patches_3x3(images)
+    flat = patches.reshape(-1, patches.shape[-1])  # (pixels, 9): the 3x3 neighbourhood of every pixel
     if running is None:
-        ref = patches if stats_rows is None else patches[: stats_rows * size * size]
+        ref = flat if stats_rows is None else flat[: stats_rows * images.shape[1] * images.shape[2]]
         m = ref.mean(axis=0)
         # E[pp'] - mm', not the centered (p - m)'(p - m): the gradient amplifies any error in cov about 50-fold
         # (the variance path nearly cancels the direct one), and XLA fuses the centering into a loop whose float32
         # sum over all pixels is 60x less accurate than the plain Gram matmul, on some CPUs (AVX2-only) enough to
         # put 1e-2 into the first conv's gradient. With ink-like inputs in [0, 1], E[pp'] and mm' are of one size.
         cov = ref.T @ ref / ref.shape[0] - jnp.outer(m, m)
-        mean = m @ w + conv["bias"]
-        var = jnp.sum((cov @ w) * w, axis=0)
+        mean, var = first_conv_moments(params, m, cov)
         count = ref.shape[0]
     else:
         mean, var = running["EpisodeBatchNorm_0"]["mean"], running["EpisodeBatchNorm_0"]["var"]
-        count = patches.shape[0]
+        count = flat.shape[0]
     moments["EpisodeBatchNorm_0"] = {"mean": mean, "var": var, "count": jnp.float32(count)}
-    inv = norm["scale"] * jax.lax.rsqrt(var + BN_EPS)
-    y = (patches @ (w * inv)).reshape(n, size, size, -1)
-    x = nn.relu(max_pool(y) + (conv["bias"] - mean) * inv + norm["bias"])
+    x = first_block(params, patches, mean, norm_inverse(params, 0, var))
     for block in range(1, num_blocks(params)):
         name = f"EpisodeBatchNorm_{block}"
-        conv, norm = params[f"Conv_{block}"], params[name]
-        y = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=NHWC) + conv["bias"]
+        y = conv_output(params, block, x)
         if running is None:
             ref = y if stats_rows is None else y[:stats_rows]
             mean = ref.mean(axis=(0, 1, 2))
@@ -179,9 +172,8 @@ def embed_with_moments(
             mean, var = running[name]["mean"], running[name]["var"]
             count = y.shape[0] * y.shape[1] * y.shape[2]
         moments[name] = {"mean": mean, "var": var, "count": jnp.float32(count)}
-        inv = norm["scale"] * jax.lax.rsqrt(var + BN_EPS)
-        x = nn.relu(max_pool(y * inv + (norm["bias"] - mean * inv)))
-    return x.reshape(n, -1), moments
+        x = normalize_block(params, block, y, mean, norm_inverse(params, block, var))
+    return x.reshape(images.shape[0], -1), moments
 
 
 def max_pool(x: jax.Array) -> jax.Array:
@@ -189,6 +181,48 @@ def max_pool(x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     x = x[:, : h - h % 2, : w - w % 2]
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+# The block math, shared by `embed_with_moments` and `streaming.forward_chunk` (one definition of a block).
+
+
+def patches_3x3(images: jax.Array) -> jax.Array:
+    """(n, S, S, 9): the 3x3 neighbourhood of every pixel of one-channel images, zero-padded ("SAME")."""
+    return jax.lax.conv_general_dilated_patches(images, (3, 3), (1, 1), "SAME", dimension_numbers=NHWC)
+
+
+def first_conv_moments(params: Params, m: jax.Array, cov: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Block 0's conv-output mean and (biased) variance from its input patches' mean m and covariance S:
+    the conv is linear in the patches, so mean = m.w + b and var = w'S w, per channel."""
+    conv = params["Conv_0"]
+    w = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])  # (9, channels), rows in the patches' order
+    return m @ w + conv["bias"], jnp.sum((cov @ w) * w, axis=0)
+
+
+def norm_inverse(params: Params, block: int, var: jax.Array) -> jax.Array:
+    """A block's batch-norm multiplier, scale / sqrt(var + eps)."""
+    return params[f"EpisodeBatchNorm_{block}"]["scale"] * jax.lax.rsqrt(var + BN_EPS)
+
+
+def first_block(params: Params, patches: jax.Array, mean: jax.Array, inv: jax.Array) -> jax.Array:
+    """Block 0 from its patches (n, S, S, 9), batch norm folded into the conv's weights: the pre-norm
+    activations are never materialized. Pools before the ReLU (max-pool and ReLU commute)."""
+    n, h, w, k = patches.shape
+    conv, norm = params["Conv_0"], params["EpisodeBatchNorm_0"]
+    kernel = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])
+    y = (patches.reshape(n * h * w, k) @ (kernel * inv)).reshape(n, h, w, -1)
+    return nn.relu(max_pool(y) + (conv["bias"] - mean) * inv + norm["bias"])
+
+
+def conv_output(params: Params, block: int, x: jax.Array) -> jax.Array:
+    """A block's 3x3 conv (with its bias): the pre-norm activations whose statistics batch norm takes."""
+    conv = params[f"Conv_{block}"]
+    return jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=NHWC) + conv["bias"]
+
+
+def normalize_block(params: Params, block: int, y: jax.Array, mean: jax.Array, inv: jax.Array) -> jax.Array:
+    """The rest of a block after its conv: batch norm as y * inv + shift, max-pool, ReLU."""
+    return nn.relu(max_pool(y * inv + (params[f"EpisodeBatchNorm_{block}"]["bias"] - mean * inv)))
 
 
 def similarity(queries: jax.Array, prototypes: jax.Array, distance: str, scale: float = 1.0) -> jax.Array:

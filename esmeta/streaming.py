@@ -33,12 +33,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from esmeta.data.episodes import Episode
-from esmeta.protonet import BN_EPS, NHWC, BatchStats, Params, max_pool, num_blocks, similarity
+from esmeta.protonet import (
+    BatchStats,
+    Params,
+    conv_output,
+    first_block,
+    first_conv_moments,
+    norm_inverse,
+    normalize_block,
+    num_blocks,
+    patches_3x3,
+    similarity,
+)
 
 ImagesAt = Callable[[jax.Array], jax.Array]  # row indices (c,) int32 -> float32 images (c, S, S, 1)
 
@@ -77,42 +87,21 @@ class BlockNorm(NamedTuple):
     inv: jax.Array
 
 
-def _patches(images: jax.Array) -> jax.Array:
-    """(n, S, S, 9) 3x3 neighbourhoods of every pixel, as `protonet.embed` takes them."""
-    return jax.lax.conv_general_dilated_patches(images, (3, 3), (1, 1), "SAME", dimension_numbers=NHWC)
-
-
 def _block0_norm(params: Params, patch: Moments) -> BlockNorm:
-    """Block 0's batch-norm mean and scale from the patch moments: mean = m.w + b, var = w' S w (as `embed`)."""
-    conv, norm = params["Conv_0"], params["EpisodeBatchNorm_0"]
-    w = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])
-    cov = patch.m2 / patch.count
-    mean = patch.mean @ w + conv["bias"]
-    var = jnp.sum((cov @ w) * w, axis=0)
-    return BlockNorm(mean, norm["scale"] * jax.lax.rsqrt(var + BN_EPS))
-
-
-def _conv(params: Params, block: int, x: jax.Array) -> jax.Array:
-    conv = params[f"Conv_{block}"]
-    return jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME", dimension_numbers=NHWC) + conv["bias"]
+    """Block 0's batch-norm mean and scale from the patch moments (as `protonet.embed_with_moments`)."""
+    mean, var = first_conv_moments(params, patch.mean, patch.m2 / patch.count)
+    return BlockNorm(mean, norm_inverse(params, 0, var))
 
 
 def forward_chunk(params: Params, images: jax.Array, norms: tuple[BlockNorm, ...]) -> jax.Array:
     """Images through the blocks whose norms are given: the next block's pre-norm conv output, or, after all
-    blocks, the flattened embeddings. The same operations in the same order as `protonet.embed`."""
-    n, size = images.shape[0], images.shape[1]
-    conv, norm = params["Conv_0"], params["EpisodeBatchNorm_0"]
-    w = conv["kernel"].reshape(-1, conv["kernel"].shape[-1])
-    n0 = norms[0]  # block 0's statistics come from the patches (pass 0), never from its output
-    y = (_patches(images).reshape(n * size * size, -1) @ (w * n0.inv)).reshape(n, size, size, -1)
-    x = nn.relu(max_pool(y) + (conv["bias"] - n0.mean) * n0.inv + norm["bias"])
+    blocks, the flattened embeddings. The blocks of `protonet.embed_with_moments`, with given statistics."""
+    x = first_block(params, patches_3x3(images), *norms[0])  # block 0's statistics come from pass 0's patches
     for block, bn in enumerate(norms[1:], start=1):
-        y = _conv(params, block, x)
-        x = nn.relu(max_pool(y * bn.inv + (params[f"EpisodeBatchNorm_{block}"]["bias"] - bn.mean * bn.inv)))
-    blocks = num_blocks(params)
-    if len(norms) < blocks:
-        return _conv(params, len(norms), x)
-    return x.reshape(n, -1)
+        x = normalize_block(params, block, conv_output(params, block, x), *bn)
+    if len(norms) < num_blocks(params):
+        return conv_output(params, len(norms), x)
+    return x.reshape(images.shape[0], -1)
 
 
 def scan_chunks(fold: Callable, init, n_rows: int, chunk: int, offset: int = 0):
@@ -129,16 +118,14 @@ def scan_chunks(fold: Callable, init, n_rows: int, chunk: int, offset: int = 0):
 
 def running_norms(params: Params, running: BatchStats) -> tuple[BlockNorm, ...]:
     """Every block's batch-norm (mean, scale) from fixed running averages (`protonet.update_running`)."""
-    return tuple(
-        BlockNorm(r["mean"], params[name]["scale"] * jax.lax.rsqrt(r["var"] + BN_EPS))
-        for name, r in ((f"EpisodeBatchNorm_{b}", running[f"EpisodeBatchNorm_{b}"]) for b in range(len(running)))
-    )
+    stats = (running[f"EpisodeBatchNorm_{b}"] for b in range(len(running)))
+    return tuple(BlockNorm(r["mean"], norm_inverse(params, b, r["var"])) for b, r in enumerate(stats))
 
 
 def batch_norms(params: Params, images_at: ImagesAt, n_stats: int, chunk: int) -> tuple[BlockNorm, ...]:
     """Every block's batch-norm (mean, scale) over rows [0, n_stats), one chunked pass per block."""
     def patch_fold(acc: Moments, rows, valid):
-        p = _patches(images_at(rows))
+        p = patches_3x3(images_at(rows))
         valid_pixels = jnp.repeat(valid, p.shape[1] * p.shape[2])
         return merge(acc, chunk_moments(p.reshape(-1, p.shape[-1]), valid_pixels, matrix=True))
 
@@ -155,8 +142,7 @@ def batch_norms(params: Params, images_at: ImagesAt, n_stats: int, chunk: int) -
         c = params[f"Conv_{block}"]["bias"].shape[0]
         zero = Moments(jnp.float32(0.0), jnp.zeros(c, jnp.float32), jnp.zeros(c, jnp.float32))
         m = scan_chunks(fold, zero, n_stats, chunk)
-        scale = params[f"EpisodeBatchNorm_{block}"]["scale"]
-        norms = norms + (BlockNorm(m.mean, scale * jax.lax.rsqrt(m.m2 / m.count + BN_EPS)),)
+        norms = norms + (BlockNorm(m.mean, norm_inverse(params, block, m.m2 / m.count)),)
     return norms
 
 

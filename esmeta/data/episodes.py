@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from esmeta.config import IMAGES_PER_CLASS
 from esmeta.errors import ConfigError
 
 
@@ -44,7 +45,7 @@ def _check_sizes(n_classes: int, n_images: int, way: int, shot: int, query: int)
 
 
 def sample_episode_indices(
-    key: jax.Array, n_classes: int, way: int, shot: int, query: int, n_images: int = 20
+    key: jax.Array, n_classes: int, way: int, shot: int, query: int, n_images: int = IMAGES_PER_CLASS
 ) -> tuple[jax.Array, jax.Array]:
     """(class_idx (way,), image_idx (way, shot+query)): distinct classes, distinct images per class."""
     _check_sizes(n_classes, n_images, way, shot, query)
