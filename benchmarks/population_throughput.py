@@ -29,6 +29,7 @@ from esmeta.config import EstimatorConfig
 from esmeta.data.episodes import sample_episode
 from esmeta.estimators import make_estimator
 from esmeta.protonet import ConvEmbedding, init_params, make_loss_fn, prototypes, similarity
+from esmeta.provenance import matmul_peak_gflops
 
 WAY, SHOT, QUERY, SIZE = 10, 5, 5, 32
 SIGMA = 0.01
@@ -78,12 +79,6 @@ def best_seconds(fn, repeats: int) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def matmul_peak_gflops(repeats: int = 5) -> float:
-    a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
-    mm = jax.jit(lambda x: x @ x)
-    return 2 * 2048**3 / best_seconds(lambda: mm(a), repeats) / 1e9
 
 
 def naive_loss_fn(channels: int):

@@ -5,15 +5,18 @@ Every run's summary records them (`esmeta.train`); the benchmarks name the proce
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -69,3 +72,17 @@ def cpu_name() -> str:
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def matmul_peak_gflops(repeats: int = 5, n: int = 2048) -> float:
+    """This process's dense float32 matmul rate (an n x n product, best of `repeats`), in GFLOP/s: the
+    machine's speed, printed beside every absolute time published (machines differ 4x and more)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(mm(a))  # compile
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(mm(a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
