@@ -45,6 +45,8 @@ class Progress:
     val_acc: float | None = None
     seconds: float = 0.0  # wall time spent before this process started
     budget_seconds: float = 0.0  # budget clock spent before this process started
+    segments: list[dict[str, Any]] = field(default_factory=list)  # one per process that trained it (an allocation):
+    # episodes, wall and CPU time, commit and machine (train.segment_recorder); absent in checkpoints before them
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def load(path: Path, arrays_like: Any) -> tuple[Any, Progress, dict[str, Any]]:
 
 # Settings that may change between a run and its resumption: they do not change what is computed.
 RESUMABLE_CHANGES = frozenset({
-    "train.progress", "train.resume", "train.checkpoint_every", "train.max_minutes", "train.budget_clock",
+    "train.progress", "train.resume", "train.checkpoint_every", "train.max_minutes", "train.allocation_minutes",
+    "train.budget_clock",
     "data.root", "data.cache_dir", "data.download", "hardware.compilation_cache", "logger",
 })
 
@@ -180,6 +183,14 @@ def _check_progress(saved: Saved, config: Config) -> None:
         )
 
 
+def _extends(previous: dict[str, Any], config: Config) -> bool:
+    """Whether a finished run is one its time budget stopped (train.max_minutes) and this config asks for a larger
+    budget (or none): then the rerun continues it from the checkpoint it kept."""
+    old = (previous.get("config") or {}).get("train", {}).get("max_minutes")
+    new = config.train.max_minutes
+    return bool(previous.get("stopped_by_budget")) and isinstance(old, (int, float)) and (new == 0 or new > old)
+
+
 def inspect_run_dir(config: Config, path: Path) -> RunState:
     """What `path` holds for `config`, reading only; a finished run of another configuration, a damaged
     summary or an unusable checkpoint is a one-line EsmetaError (the command is refused, nothing written)."""
@@ -189,7 +200,18 @@ def inspect_run_dir(config: Config, path: Path) -> RunState:
         previous = read_finished_summary(path)
         if previous.get("status") not in ("failed", "skipped"):  # a job that never ran is redone
             check_same_run(previous.get("config", {}), config.to_dict(), path, "a finished run")
-            return RunState(finished=previous)
+            if not _extends(previous, config):
+                return RunState(finished=previous)
+            saved = read(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
+            if saved is None:
+                raise ConfigError(
+                    f"{path} holds a run its time budget stopped at episode {previous.get('episodes')} without the "
+                    f"checkpoint a larger train.max_minutes would continue from (written before esmeta kept it); "
+                    "keep its budget, or pass train.resume=false to train it again from the start"
+                )
+            check_same_run(saved.config, config.to_dict(), path, "a checkpoint")
+            _check_progress(saved, config)
+            return RunState(saved=saved)
     if (path / CHECKPOINT).exists():
         saved = read(path / CHECKPOINT)
         check_same_run(saved.config, config.to_dict(), path, "a checkpoint")

@@ -88,7 +88,9 @@ class TrainConfig:
 
     epochs: int = 200
     episodes_per_epoch: int = 100
-    max_minutes: float = 0.0  # time budget, checked after each epoch; 0 = none
+    max_minutes: float = 0.0  # the run's time budget over all its processes, checked after each epoch; 0 = none
+    allocation_minutes: float = 0.0  # wall-clock minutes this process may train before it checkpoints and stops,
+    # unfinished, for a later rerun to continue (a job's time limit); 0 = none
     budget_clock: str = "wall"  # wall: elapsed time; cpu: process CPU time / cores (fair on a shared machine)
     progress: str = "auto"  # auto: a bar only when stderr is a terminal
     checkpoint_every: int = 100  # episodes between checkpoints (and at every epoch end); 0 = never
@@ -506,6 +508,7 @@ def validate(config: Config) -> None:
     _positive("train.epochs", config.train.epochs)
     _positive("train.episodes_per_epoch", config.train.episodes_per_epoch)
     _positive("train.max_minutes", config.train.max_minutes, allow_zero=True)
+    _positive("train.allocation_minutes", config.train.allocation_minutes, allow_zero=True)
     _choice("train.progress", config.train.progress, PROGRESS)
     _choice("train.budget_clock", config.train.budget_clock, BUDGET_CLOCKS)
     _positive("train.checkpoint_every", config.train.checkpoint_every, allow_zero=True)

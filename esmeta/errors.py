@@ -22,3 +22,18 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty), for one-line reports."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+class RunStopped(BaseException):  # noqa: N818 (a stop, like KeyboardInterrupt, not an error)
+    """A run stopped before its end with a checkpoint to continue from (a signal, the allocation's end).
+
+    A BaseException, as KeyboardInterrupt is, so that a multirun stops instead of starting its next job;
+    `esmeta.run` reports it in one line with the command that continues it, and exits with `exit_status`.
+    """
+
+    def __init__(self, why: str, exit_status: int, where: str = ""):
+        super().__init__(why)
+        self.why = why  # what stopped it: "SIGTERM", "train.allocation_minutes=170 reached", ...
+        self.exit_status = exit_status
+        self.where = where  # the episode reached and the checkpoint, where training had begun
+        self.output: tuple[str, str] | None = None  # (setting, directory) a rerun continues in (set by esmeta.run)

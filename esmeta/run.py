@@ -7,7 +7,10 @@ input costs one line and exit status 2 instead of a traceback or a half-launched
 from __future__ import annotations
 
 import logging
+import shlex
+import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from esmeta import sweeps
 from esmeta.config import Config, from_mapping
-from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError, first_line
+from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError, RunStopped, first_line
+from esmeta.results import CHECKPOINT
 from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME, USAGE_HINT
 
 log = logging.getLogger("esmeta.run")  # by name: run as `python -m esmeta.run`, __name__ is "__main__"
+_started: float | None = None  # when `main` began (time.monotonic()): the allocation's clock, for every job
 
 
 def fail(message: str) -> None:
@@ -227,11 +232,15 @@ def _job(cfg: DictConfig) -> float | str | None:
             (".hydra/hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc}))),
             (".hydra/overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))),
         ),
+        started=_started,
     )
     config = None
     try:
         config = config_from_omegaconf(cfg)
         summary = train(config, run_dir, job)
+    except RunStopped as stop:  # say where the command continues: the run's directory, or the whole sweep's
+        stop.output = ("hydra.sweep.dir", str(hc.sweep.dir)) if multirun else ("hydra.run.dir", str(run_dir))
+        raise
     except Exception as e:
         return _job_failed(e, config, run_dir, job, multirun)
     # Through logging, not print: Hydra's handlers put it on stdout and in the job's .log (SLURM, nohup, sweeps).
@@ -320,6 +329,8 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    global _started
+    _started = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--dry-run" in argv:  # list the jobs, run none
         overrides, multirun, _ = _split_argv([a for a in argv if a != "--dry-run"])
@@ -338,11 +349,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     except EsmetaError as e:
         fail(str(e))
     sys.argv = [sys.argv[0], *argv]
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # (training itself first finishes its step and checkpoints)
     try:
         _job()
+    except RunStopped as stop:
+        _report_stop(stop, argv, *(stop.output or _planned_output(lock, multirun)))
+    except KeyboardInterrupt:
+        _report_stop(RunStopped("SIGINT", 128 + signal.SIGINT), argv, *_planned_output(lock, multirun))
     finally:
         if lock is not None:
             lock.release()
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise RunStopped("SIGTERM", 128 + signum)
+
+
+def _planned_output(lock: Any, multirun: bool) -> tuple[str, str]:
+    """(the setting, the directory) the command writes to, as checked before it started."""
+    return ("hydra.sweep.dir" if multirun else "hydra.run.dir", str(lock.directory) if lock is not None else "")
+
+
+def _report_stop(stop: RunStopped, argv: Sequence[str], key: str, directory: str) -> None:
+    """A stopped command's one line: what stopped it, where it stood, and the command that continues it."""
+    where = stop.where
+    if not where and directory:
+        kept = Path(directory) / CHECKPOINT
+        where = f"last checkpoint {kept}" if kept.exists() else f"{directory} holds no checkpoint of this job yet"
+    given = any(a.startswith(f"{key}=") for a in argv)  # the user's own directory (as typed) continues as is
+    words = [*argv, *([f"{key}={directory}"] if directory and not given else [])]
+    again = shlex.join(["python", "-m", "esmeta.run", *words])
+    print(f"esmeta: stopped by {stop.why}, not finished ({where}); continue with: {again}", file=sys.stderr)
+    sys.exit(stop.exit_status)
 
 
 def check_composes(overrides: Sequence[str]) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from esmeta.config import Config, EstimatorConfig, check_fits_scale, scaled
 from esmeta.console import ProgressBar, epoch_line
 from esmeta.data import load_omniglot, sample_episode, split_classes
 from esmeta.data.omniglot import check_zips
-from esmeta.errors import EsmetaError
+from esmeta.errors import EsmetaError, RunStopped
 from esmeta.estimators import make_estimator
 from esmeta.hardware import configure_backend, make_mesh
 from esmeta.protonet import (
@@ -38,7 +41,7 @@ from esmeta.protonet import (
     num_params,
     update_running,
 )
-from esmeta.provenance import available_cores, provenance, versions
+from esmeta.provenance import available_cores, matmul_peak_gflops, provenance, versions
 from esmeta.results import DirLock, RunDir, read_finished_summary
 from esmeta.tracking import default_group, epoch_row, open_tracker, run_name, run_tags
 
@@ -156,6 +159,8 @@ class JobInfo:
     job_name: str = "esmeta"
     record: tuple[tuple[str, str], ...] = ()  # (path in the run directory, text): Hydra's .hydra/ files, written
     # when the run starts, after every check, so that a refused job never rewrites another run's record
+    started: float | None = None  # when the command started (time.monotonic()): train.allocation_minutes counts
+    # from here, over all the jobs of a multirun; None: from the start of `train`
 
 
 def check_start(config: Config) -> tuple[Any, int]:
@@ -201,6 +206,12 @@ def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> di
     """
     job = job or JobInfo()
     start = time.perf_counter()
+    allocation = config.train.allocation_minutes
+    deadline = (time.monotonic() if job.started is None else job.started) + 60 * allocation if allocation else None
+    if deadline is not None and job.sweep_dir is not None and time.monotonic() >= deadline:  # a multirun's later job:
+        # leave it to the next allocation (a single run trains at least one step, so every allocation advances it)
+        raise RunStopped(f"train.allocation_minutes={allocation:g} reached before this job started", ALLOCATION_EXIT,
+                         f"{run_dir} not started")
     mesh, shards = check_start(config)
     writer = jax.process_index() == 0  # in a multi-process run only process 0 writes results and logs
     out = RunDir(run_dir, enabled=writer)
@@ -210,7 +221,7 @@ def train(config: Config, run_dir: str | Path, job: JobInfo | None = None) -> di
         if state.finished is not None:
             log.warning("%s already holds this finished run: not retrained (train.resume=false starts over)", out.path)
             return state.finished
-        return _run(config, out, state.saved, mesh, shards, job, start)
+        return _run(config, out, state.saved, mesh, shards, job, start, deadline)
     finally:
         if lock is not None:
             lock.release()
@@ -300,6 +311,8 @@ def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Pr
         "stopped_by_budget": stopped_by_budget,
         "resumed": resumed,
         "wall_time_s": elapsed_s,
+        "cpu_seconds": _cpu_seconds(progress.segments),
+        "segments": progress.segments,  # each process that trained it: episodes, times, commit, machine, matmul rate
         "num_params": setup.num_params,
         "estimator": e.name,
         "alpha": config.alpha,
@@ -323,10 +336,18 @@ def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Pr
     }
 
 
+def _cpu_seconds(segments: list[dict[str, Any]]) -> float | None:
+    """The CPU time of all the processes that trained a run, where their segments cover it from episode 0."""
+    covered = bool(segments) and segments[0]["start_episode"] == 0 and all(
+        a["end_episode"] == b["start_episode"] for a, b in zip(segments, segments[1:]))
+    return round(sum(s["cpu_s"] for s in segments), 1) if covered else None
+
+
 def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any, shards: int, job: JobInfo,
-         start: float) -> dict[str, Any]:
+         start: float, deadline: float | None = None) -> dict[str, Any]:
     """The run itself, its directory locked and checked: data, model, loop, test, results."""
     writer, ckpt_path, resuming = out.enabled, out.path / checkpoint.CHECKPOINT, saved is not None
+    cpu_start = time.process_time()
     run = scaled(config)  # what executes: the scale's caps applied (config keeps the requested values)
     t = run.task
     setup = build(config, run, mesh, shards)
@@ -341,32 +362,82 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
                      config.train.epochs * config.train.episodes_per_epoch, len(progress.records), ckpt_path)
     budget_seconds = make_budget_clock(config.train.budget_clock)
     elapsed = lambda: progress.seconds + time.perf_counter() - start  # noqa: E731
+    segment = segment_recorder(progress.step, start, cpu_start)
     tracker = open_tracker(
         config.logger, out.path, name=run_name(job.overrides), group=default_group(job.sweep, job.sweep_dir),
         tags=run_tags(config), config=config.to_dict(), enabled=writer, resume=config.train.resume,
     )
     with tracker:
         (params, _, running), status, stopped_by_budget = train_loop(
-            config, setup, state, progress, out, tracker, elapsed, budget_seconds
+            config, setup, state, progress, out, tracker, elapsed, budget_seconds, segment, deadline
         )
         test = make_evaluator(setup.images["test"], episode_keys(setup.test_key, config.eval.test_episodes),
                               t.test_way, t.test_shot, t.test_query, setup.eval_metrics)
         accuracies = np.asarray(test(params, running))
         params_bytes, stats_bytes = serialization.to_bytes(params), serialization.to_bytes(running)
         out.write_params(params_bytes, stats_bytes)
+        progress.segments = [*progress.segments, segment(progress.step)]
         summary = out.finish(summarize(config, run, setup, progress, accuracies, status, stopped_by_budget, resuming,
                                        elapsed(), shards, mesh, job, params_bytes, stats_bytes))
-        tracker.summary({k: v for k, v in summary.items() if k not in ("config", "versions", "devices", "overrides")})
-        ckpt_path.unlink(missing_ok=True)  # the run is complete: params.msgpack and the summary replace it
+        tracker.summary({k: v for k, v in summary.items()
+                         if k not in ("config", "versions", "devices", "overrides", "segments")})
+        if not stopped_by_budget:  # complete: params.msgpack and the summary replace the checkpoint; a run its time
+            ckpt_path.unlink(missing_ok=True)  # budget stopped keeps it, for a rerun with a larger budget to continue
     return summary
 
 
+ALLOCATION_EXIT = 3  # exit status of a command stopped by train.allocation_minutes: unfinished, rerun to continue
+
+
+def segment_recorder(start_episode: int, wall0: float, cpu0: float) -> Callable[[int], dict[str, Any]]:
+    """This process's part of a run (one allocation): `record(episode)` says which episodes it trained, on what
+    code and machine (with its matmul rate, measured once here), in how much wall and CPU time so far."""
+    source = provenance()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    peak = round(matmul_peak_gflops(repeats=3), 1)
+
+    def record(end_episode: int) -> dict[str, Any]:
+        return {"start_episode": start_episode, "end_episode": end_episode, "started_at": started,
+                "wall_s": round(time.perf_counter() - wall0, 1), "cpu_s": round(time.process_time() - cpu0, 1),
+                "commit": source["commit"], "dirty": source["dirty"], "processor": source["machine"]["processor"],
+                "cores": source["machine"]["cores"], "matmul_peak_gflops": peak}
+
+    return record
+
+
+class StopRequests:
+    """SIGTERM and SIGINT (Ctrl-C) while training, noted and acted on after the current step: the loop then
+    checkpoints and stops (`RunStopped`). A second Ctrl-C stops at once (the last checkpoint stays)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            self.previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 def train_loop(config: Config, setup: Setup, state: tuple[Any, Any, Any], progress: checkpoint.Progress, out: RunDir,
-               tracker: Any, elapsed: Callable[[], float],
-               budget_seconds: Callable[[], float]) -> tuple[tuple[Any, Any, Any], str, bool]:
+               tracker: Any, elapsed: Callable[[], float], budget_seconds: Callable[[], float],
+               segment: Callable[[int], dict[str, Any]] | None = None,
+               deadline: float | None = None) -> tuple[tuple[Any, Any, Any], str, bool]:
     """Train from episode `progress.step` until the last episode, a collapse or the time budget, closing each epoch
     (`end_epoch`) and checkpointing as configured. Returns the final (params, opt_state, running), the status
-    ("completed" or "collapsed") and whether the time budget stopped the run."""
+    ("completed" or "collapsed") and whether the time budget stopped the run. A signal or the allocation's end
+    (`deadline`, time.monotonic()) checkpoints after the current step and raises RunStopped."""
     params, opt_state, running = state
     status, stopped_by_budget = "completed", False
     epe, every = config.train.episodes_per_epoch, config.train.checkpoint_every
@@ -380,38 +451,63 @@ def train_loop(config: Config, setup: Setup, state: tuple[Any, Any, Any], progre
         progress.window.extend({k: float(v) for k, v in m.items()} for m in jax.device_get(pending))
         pending.clear()
 
+    def save() -> Path:  # the state after progress.step episodes, for a rerun to continue from
+        pull()
+        snapshot = dataclasses.replace(
+            progress, seconds=elapsed(), budget_seconds=progress.budget_seconds + budget_seconds(),
+            segments=[*progress.segments, *([segment(progress.step)] if segment else [])],
+        )
+        path = out.path / checkpoint.CHECKPOINT
+        if out.enabled:
+            checkpoint.save(path, (params, opt_state, running), snapshot, config.to_dict())
+        return path
+
     try:
-        while progress.step < total:
-            params, opt_state, running, m = setup.train_step(
-                params, opt_state, running, jax.random.fold_in(setup.train_key, progress.step)
-            )
-            pending.append(m)
-            progress.step, epoch_steps = progress.step + 1, epoch_steps + 1
-            bar.update(1)
-            if progress.step % epe == 0:  # end of an epoch: log, validate, check for collapse and budget
-                pull()
-                record, finite = end_epoch(progress, params, running, setup, epe, epoch_steps,
-                                           time.perf_counter() - epoch_t0, elapsed(), out, tracker)
-                epoch_t0, epoch_steps = time.perf_counter(), 0
-                bar.update(0, loss=record["train/loss"], val=progress.val_acc)
-                if out.enabled:
-                    pace = (time.perf_counter() - loop_t0) / (progress.step - loop_step0)
-                    log.info(epoch_line(record, total, config.train.epochs, elapsed(), pace * (total - progress.step)))
-                if not finite or not math.isfinite(record["train/loss"]):
-                    # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.
-                    status = "collapsed"
-                    break
-                if config.train.max_minutes and progress.budget_seconds + budget_seconds() > 60 * config.train.max_minutes:
-                    stopped_by_budget = progress.step < total
-                    break
-            if every and (progress.step % every == 0 or progress.step % epe == 0) and progress.step < total:
-                pull()
-                snapshot = dataclasses.replace(
-                    progress, seconds=elapsed(), budget_seconds=progress.budget_seconds + budget_seconds()
+        with StopRequests() as stops:
+            while progress.step < total:
+                params, opt_state, running, m = setup.train_step(
+                    params, opt_state, running, jax.random.fold_in(setup.train_key, progress.step)
                 )
-                if out.enabled:
-                    checkpoint.save(out.path / checkpoint.CHECKPOINT, (params, opt_state, running), snapshot,
-                                    config.to_dict())
+                pending.append(m)
+                progress.step, epoch_steps = progress.step + 1, epoch_steps + 1
+                bar.update(1)
+                if progress.step % epe == 0:  # end of an epoch: log, validate, check for collapse and budget
+                    pull()
+                    record, finite = end_epoch(progress, params, running, setup, epe, epoch_steps,
+                                               time.perf_counter() - epoch_t0, elapsed(), out, tracker)
+                    epoch_t0, epoch_steps = time.perf_counter(), 0
+                    bar.update(0, loss=record["train/loss"], val=progress.val_acc)
+                    if out.enabled:
+                        pace = (time.perf_counter() - loop_t0) / (progress.step - loop_step0)
+                        log.info(epoch_line(record, total, config.train.epochs, elapsed(), pace * (total - progress.step)))
+                    if not finite or not math.isfinite(record["train/loss"]):
+                        # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.
+                        status = "collapsed"
+                        break
+                    budget = config.train.max_minutes
+                    if budget and progress.budget_seconds + budget_seconds() > 60 * budget:
+                        stopped_by_budget = progress.step < total
+                        if stopped_by_budget:
+                            save()  # kept beside the result: a rerun with a larger budget continues from here
+                        break
+                if progress.step == total:
+                    break
+                saved = None
+                if every and (progress.step % every == 0 or progress.step % epe == 0):
+                    saved = save()
+                why = _stop_reason(stops, deadline, config.train.allocation_minutes)
+                if why is not None:
+                    saved = saved or save()
+                    raise RunStopped(why[0], why[1], f"at episode {progress.step} of {total}, checkpoint {saved}")
     finally:
         bar.close()
     return (params, opt_state, running), status, stopped_by_budget
+
+
+def _stop_reason(stops: StopRequests, deadline: float | None, allocation: float) -> tuple[str, int] | None:
+    """(why, exit status) when training must stop here, unfinished: a signal, or the allocation's end."""
+    if stops.signum is not None:
+        return signal.Signals(stops.signum).name, 128 + stops.signum
+    if deadline is not None and time.monotonic() >= deadline:
+        return f"train.allocation_minutes={allocation:g} reached", ALLOCATION_EXIT
+    return None

@@ -127,3 +127,75 @@ def test_config_difference_ignores_settings_that_do_not_change_the_math():
     same = {"alpha": 1.0, "train": {"epochs": 3, "progress": "off", "max_minutes": 45.0}, "logger": {"name": "none"}}
     assert config_difference(saved, same) is None
     assert config_difference(saved, {**same, "train": {**same["train"], "epochs": 4}}) == "train.epochs: 3 -> 4"
+
+
+def _stop_after_checkpoint(run_dir: Path, signum: int, after: int) -> tuple[subprocess.CompletedProcess, int]:
+    """Start the run, send `signum` once its checkpoint is past episode `after`; (the ended process, that step)."""
+    proc = subprocess.Popen(command(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=run_dir.parent)
+    deadline, sent = time.monotonic() + 600, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        step = checkpoint_step(run_dir)
+        if step is not None and step > after:
+            os.kill(proc.pid, signum)
+            sent = step
+            break
+        time.sleep(0.005)
+    _, stderr = proc.communicate(timeout=120)
+    assert sent is not None, f"the run ended (rc {proc.returncode}) before it could be stopped: {stderr[-2000:]}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), sent
+
+
+def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_run_continues_bit_identically(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    step = 0
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        proc, sent = _stop_after_checkpoint(run_dir, signum, after=step)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 128 + signum and len(lines) == 1, proc.stderr[-3000:]
+        assert f"stopped by {signal.Signals(signum).name}, not finished" in lines[0], lines[0]
+        assert f"continue with: python -m esmeta.run {WSR_RUN[0]}" in lines[0] and f"hydra.run.dir={run_dir}" in lines[0]
+        # the step in progress finished and was checkpointed: the checkpoint is where the run stood, never a result
+        step = checkpoint_step(run_dir)
+        assert step is not None and sent <= step < 3 * EPISODES_PER_EPOCH and f"at episode {step} of 180" in lines[0]
+        assert not (run_dir / "done").exists() and not (run_dir / "summary.json").exists()
+    proc = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600, cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (uninterrupted / "params.msgpack").read_bytes() == (run_dir / "params.msgpack").read_bytes()
+    summary = read_summary(run_dir)
+    segments = summary["segments"]  # one per process that trained it, end to end
+    assert [s["start_episode"] for s in segments][0] == 0 and segments[-1]["end_episode"] == 3 * EPISODES_PER_EPOCH
+    assert all(a["end_episode"] == b["start_episode"] for a, b in zip(segments, segments[1:])) and len(segments) == 3
+    assert summary["cpu_seconds"] == pytest.approx(sum(s["cpu_s"] for s in segments), abs=0.2)
+
+
+def test_allocation_end_and_a_larger_time_budget_continue_a_run_to_the_uninterrupted_result(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    # a time budget spent within the first epoch: the run finishes at episode 60, stopped_by_budget, checkpoint kept
+    first = subprocess.run(command(run_dir, "train.max_minutes=0.001"), capture_output=True, text=True, timeout=600,
+                           cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    budgeted = read_summary(run_dir)
+    assert budgeted["stopped_by_budget"] is True and budgeted["episodes"] == EPISODES_PER_EPOCH
+    assert checkpoint_step(run_dir) == EPISODES_PER_EPOCH
+    # the same budget again keeps it as it is
+    again = subprocess.run(command(run_dir, "train.max_minutes=0.001"), capture_output=True, text=True, timeout=600,
+                           cwd=tmp_path)
+    assert again.returncode == 0 and read_summary(run_dir) == budgeted, again.stderr[-3000:]
+    # no budget, but an allocation that ends at once: one more episode, then a checkpoint, exit 3, not finished
+    stopped = subprocess.run(command(run_dir, "train.max_minutes=0", "train.allocation_minutes=0.0001"),
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    lines = [line for line in stopped.stderr.splitlines() if line.strip()]
+    assert stopped.returncode == 3 and len(lines) == 1, stopped.stderr[-3000:]
+    assert "stopped by train.allocation_minutes=0.0001 reached, not finished (at episode 61 of 180" in lines[0]
+    assert not (run_dir / "done").exists() and checkpoint_step(run_dir) == EPISODES_PER_EPOCH + 1
+    # the next allocation finishes it, to the uninterrupted run's parameters and summary
+    last = subprocess.run(command(run_dir, "train.max_minutes=0"), capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert (uninterrupted / "params.msgpack").read_bytes() == (run_dir / "params.msgpack").read_bytes()
+    final, straight = read_summary(run_dir), read_summary(uninterrupted)
+    assert final["stopped_by_budget"] is False and not (run_dir / "checkpoint.msgpack").exists()
+    for key in ("episodes", "test_accuracy", "best_val_accuracy", "final_val_accuracy"):
+        assert final[key] == straight[key], key
+    assert [s["end_episode"] for s in final["segments"]] == [60, 61, 180]
