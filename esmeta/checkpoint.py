@@ -138,15 +138,26 @@ RESUMABLE_CHANGES = frozenset({
 })
 
 
-def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str | None:
-    """The first setting (as `key: saved -> current`) that differs between two config dicts, ignoring RESUMABLE_CHANGES."""
+def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: str = "",
+                      defaults: dict[str, Any] | None = None) -> str | None:
+    """The first setting (as `key: saved -> current`) that differs between two config dicts, ignoring RESUMABLE_CHANGES.
+
+    A setting the saved config lacks was added to esmeta after it was written: that run had the behaviour the
+    setting's default keeps (a new setting defaults to the old behaviour), so it compares as that default.
+    """
+    if defaults is None:
+        from esmeta.config import Config  # the schema's defaults; imported here, config imports nothing of ours
+
+        defaults = Config().to_dict()
     for key in sorted(set(saved) | set(current)):
         path = f"{prefix}{key}"
         if path in RESUMABLE_CHANGES:
             continue
-        a, b = saved.get(key), current.get(key)
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        a = saved[key] if key in saved else default
+        b = current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            found = config_difference(a, b, f"{path}.")
+            found = config_difference(a, b, f"{path}.", default if isinstance(default, dict) else {})
             if found:
                 return found
         elif a != b:

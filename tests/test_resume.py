@@ -199,3 +199,15 @@ def test_allocation_end_and_a_larger_time_budget_continue_a_run_to_the_uninterru
     for key in ("episodes", "test_accuracy", "best_val_accuracy", "final_val_accuracy"):
         assert final[key] == straight[key], key
     assert [s["end_episode"] for s in final["segments"]] == [60, 61, 180]
+
+
+def test_a_setting_added_after_a_checkpoint_compares_as_its_default():
+    """Runs in progress stay resumable when esmeta gains a setting: their configs lack it, and had its default's
+    behaviour; a value other than the default is still a different run."""
+    from esmeta.config import Config
+
+    current = Config().to_dict()
+    saved = {**current, "estimator": {k: v for k, v in current["estimator"].items() if k != "antithetic"}}
+    assert config_difference(saved, current) is None  # written before estimator.antithetic existed; its default
+    changed = {**current, "estimator": {**current["estimator"], "antithetic": not current["estimator"]["antithetic"]}}
+    assert config_difference(saved, changed) == "estimator.antithetic: False -> True"
