@@ -22,12 +22,18 @@ Columns of `Results.runs` (one row per run):
   test_accuracy, test_accuracy_std (ddof=1 over test episodes), test_accuracy_ci95, test_episodes,
   best_val_accuracy, final_val_accuracy, episodes, stopped_by_budget, wall_time_s, num_params, backend
   max_minutes, budget_clock                        the time budget (train.max_minutes, 0 = none) and its clock
+  budget                                           the requested budget as text ("20,000 episodes requested", "at
+                                                       most 6 cpu-clock minutes", "scale=cpu")
   commit, command, processor                       what produced the run (the summary's provenance; None before)
   config.<dotted.key>                               every leaf of the requested config, flattened
 Missing values (JSON null, absent keys, NaN) are NaN/None.
 
 `Results.curves` is long: one row per run and epoch (`run_id`, `epoch`, `episode`, `val/accuracy`,
 `train/loss`, `es/...`, `wall_time_s`).
+
+`Results.in_progress` has the same columns for runs that are not finished but hold a readable
+checkpoint (status "in_progress", `episodes` = the episodes its checkpoint reached): shown with the
+episodes they reached, never as a result.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from typing import Any
 import pandas as pd
 
 from esmeta.config import POPULATION_ESTIMATORS
-from esmeta.results import DONE, METRICS, PARAMS, SUMMARY, read_metrics
+from esmeta.results import CHECKPOINT, DONE, METRICS, PARAMS, SUMMARY, read_metrics
 
 # Any of these in a directory makes it a run directory (complete or not).
 RUN_MARKERS = (DONE, SUMMARY, METRICS, PARAMS, ".hydra")
@@ -80,6 +86,7 @@ class Results:
     curves: pd.DataFrame
     skipped: list[Skipped] = field(default_factory=list)
     source: str = ""
+    in_progress: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def curve(self, run_id: str) -> pd.DataFrame:
         """One run's per-epoch rows, by epoch."""
@@ -183,6 +190,7 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
         "stopped_by_budget": summary.get("stopped_by_budget"),
         "max_minutes": number(dig(config, "train.max_minutes")),
         "budget_clock": dig(config, "train.budget_clock"),
+        "budget": budget_text(config),
         "backend": summary.get("backend"),
         "commit": dig(summary, "provenance.commit"),
         "command": dig(summary, "provenance.command"),
@@ -190,6 +198,17 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
     }
     record.update({f"config.{k}": v for k, v in flatten(config).items()})
     return record
+
+
+def budget_text(config: Mapping[str, Any]) -> str:
+    """A run's requested budget, as the tables name it: its episodes, its time budget, its scale (not the paper's)."""
+    epochs, per_epoch = _int_or_none(dig(config, "train.epochs")), _int_or_none(dig(config, "train.episodes_per_epoch"))
+    text = f"{epochs * per_epoch:,} episodes requested" if epochs and per_epoch else "episodes requested unknown"
+    minutes = number(dig(config, "train.max_minutes"))
+    if math.isfinite(minutes) and minutes > 0:
+        text += f", at most {minutes:g} {dig(config, 'train.budget_clock') or 'wall'}-clock minutes"
+    scale = dig(config, "scale.name")
+    return text + (f", scale={scale}" if isinstance(scale, str) and scale != "paper" else "")
 
 
 def curve_records(run_id: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -233,8 +252,13 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _incomplete_reason(path: Path) -> str:
+def _incomplete_reason(path: Path, saved: Any = None) -> str:
     names = {p.name for p in path.iterdir()}
+    if saved is not None:
+        total = (_int_or_none(dig(saved.config, "train.epochs")) or 0) * (
+            _int_or_none(dig(saved.config, "train.episodes_per_epoch")) or 0)
+        return (f"in progress: episode {saved.progress.step:,} of {total:,} (its checkpoint); rerun its command "
+                "to continue it")
     if SUMMARY in names:
         return "no `done` marker: summary.json was written but the run did not finish"
     if any(n.startswith("checkpoint") for n in names):
@@ -242,14 +266,31 @@ def _incomplete_reason(path: Path) -> str:
     return "no `done` marker: the run did not finish"
 
 
+def _read_checkpoint(path: Path) -> Any:
+    """The run's verified checkpoint (esmeta.checkpoint.Saved), or None where it has none or it is unreadable."""
+    from esmeta.checkpoint import read  # checksummed; reads no JAX
+    from esmeta.errors import EsmetaError
+
+    if not (path / CHECKPOINT).is_file():
+        return None
+    try:
+        return read(path / CHECKPOINT)
+    except EsmetaError:
+        return None
+
+
 def load_results(root: str | Path) -> Results:
     """All complete runs under `root` (the runs' `done` markers), their curves, and the runs skipped."""
     root = Path(root)
-    records, curves, skipped = [], [], []
+    records, curves, skipped, in_progress = [], [], [], []
     for path in find_run_dirs(root):
         run_id = path.relative_to(root).as_posix() if path != root else path.name
         if not (path / DONE).exists():
-            skipped.append(Skipped(run_id, _incomplete_reason(path)))
+            saved = _read_checkpoint(path)
+            skipped.append(Skipped(run_id, _incomplete_reason(path, saved)))
+            if saved is not None:
+                record = run_record(run_id, {"status": "in_progress", "episodes": saved.progress.step}, saved.config)
+                in_progress.append({**record, "path": str(path)})
             continue
         try:
             summary = json.loads((path / SUMMARY).read_text())
@@ -269,4 +310,6 @@ def load_results(root: str | Path) -> Results:
             record["finished_at"] = stamp.isoformat(timespec="seconds")
         records.append(record)
         curves.extend(curve_records(run_id, metrics))
-    return assemble(records, curves, skipped, source=f"results directory {root}")
+    results = assemble(records, curves, skipped, source=f"results directory {root}")
+    results.in_progress = pd.DataFrame.from_records(in_progress)
+    return results

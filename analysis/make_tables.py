@@ -49,7 +49,7 @@ def run(argv: list[str] | None) -> int:
             documents[key] = (render_memory_markdown(table), render_memory_latex(table), table)
         else:
             paper = load_paper_table(entries[key])
-            built = build_table(SPECS[key], entries[key], paper, results.runs)
+            built = build_table(SPECS[key], entries[key], paper, results.runs, results.in_progress)
             built_tables.append((SPECS[key], paper))
             documents[key] = (render_markdown(built), render_latex(built), built.long)
     unplaced = unplaced_runs(results.runs, built_tables)

@@ -12,6 +12,14 @@ A cell holds runs of one setting: runs that match a row but differ in a setting 
 (estimator.optimizer, the finite-difference readings, data.split, ...; see `settings`) are not
 averaged; the defaults' runs are shown, the others named in the notes.
 
+A cell holds runs of one budget: the same episodes trained, of the same requested budget (episodes, time
+budget, scale: `load.budget_text`). Where runs of several match, those that trained the most episodes are
+shown (the paper's full budget before a CPU-scale one), the others named in the notes; a number is never
+an average over runs that trained different amounts.
+
+A run in progress (a checkpoint, no `done` marker) is never a result: a row with only such runs reads
+"in progress: N of 20,000 episodes"; beside finished runs the notes name it.
+
 A seed counts once: where one ran more than once for a row (a rerun, a second sweep), its latest
 completed or collapsed run is used (a failed rerun never replaces a result), and the notes say how
 many earlier runs were left out. Repeats of a seed are not independent samples.
@@ -243,6 +251,8 @@ class Cell:
     collapsed: int = 0
     failed: int = 0
     skipped: int = 0  # refused by their scale (needs an accelerator)
+    in_progress: int = 0  # runs of this row not finished yet (not counted in `runs`)
+    run_ids: tuple[str, ...] = ()  # the runs the cell stands for (after one setting, one budget, one run per seed)
     episodes: float | None = None  # mean training episodes the completed runs reached
     notes: tuple[str, ...] = ()
 
@@ -258,18 +268,62 @@ PROTOCOLS = {  # model.norm_stats: how the test episodes were normalized
 }
 
 
-def aggregate(matched: pd.DataFrame, command: str) -> Cell:
-    """Our cell from the runs that matched one paper row (see the module docstring)."""
+def budget_keys(runs: pd.DataFrame) -> pd.Series:
+    """Each run's budget as a cell compares them: the episodes it trained, of its requested budget."""
+    episodes = pd.to_numeric(runs["episodes"], errors="coerce")
+    requested = runs["budget"].fillna("budget unknown").astype(str)
+    reached = episodes.map(lambda e: "? episodes" if pd.isna(e) else f"{e:,.0f} episodes")
+    return reached + " trained of " + requested
+
+
+def one_budget(matched: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """(the matched runs of one budget, notes on the runs of other budgets left out); see the module docstring."""
+    if matched.empty or "budget" not in matched.columns:
+        return matched, []
+    ran = matched["status"] != "skipped"  # a scale's refusal holds no number, whatever its budget
+    keys = budget_keys(matched)
+    if keys[ran].nunique() <= 1:
+        return matched, []
+    episodes = pd.to_numeric(matched["episodes"], errors="coerce").fillna(-1.0)
+    counts = keys[ran].value_counts()
+    shown = max(counts.index, key=lambda k: (episodes[ran & (keys == k)].max(), counts[k], k))
+    notes = [f"{int(counts[k])} run{'s' if counts[k] > 1 else ''} of another budget left out ({k}); shown: {shown}"
+             for k in sorted(set(counts.index) - {shown})]
+    return matched[~ran | (keys == shown)], notes
+
+
+def _in_progress_text(in_progress: pd.DataFrame) -> str:
+    """How far the unfinished runs of a row are: their episodes reached of their budget."""
+    parts = []
+    for _, run in in_progress.sort_values("run_id").iterrows():
+        total = (run.get("epochs") or 0) * (run.get("episodes_per_epoch") or 0)
+        parts.append(f"{int(run['episodes']):,} of {int(total):,} episodes")
+    return "; ".join(parts)
+
+
+def aggregate(matched: pd.DataFrame, command: str, in_progress: pd.DataFrame | None = None) -> Cell:
+    """Our cell from the runs that matched one paper row, and its runs in progress (see the module docstring)."""
+    going = in_progress if in_progress is not None else pd.DataFrame()
+    if matched.empty and not going.empty:
+        text = f"in progress: {_in_progress_text(going)}"
+        return Cell(text, in_progress=len(going), notes=(f"{len(going)} run{'s' if len(going) > 1 else ''} in "
+                                                         "progress, not a result until it finishes",))
     if matched.empty:
         return Cell("-", notes=(f"no run matched; run `{command}` (add `scale=smoke` for a quick version)",))
     matched, setting_notes = one_setting(matched)
+    matched, budget_notes = one_budget(matched)
+    setting_notes = setting_notes + budget_notes
+    if not going.empty:
+        setting_notes.append(f"{len(going)} run{'s' if len(going) > 1 else ''} in progress not counted "
+                             f"({_in_progress_text(going)})")
     matched, superseded = latest_per_seed(matched)
     status = matched["status"]
     done = matched[(status == "completed") & matched["test_accuracy"].map(_finite)]
     collapsed = int((status == "collapsed").sum())
     skipped = int((status == "skipped").sum())
     failed = len(matched) - len(done) - collapsed - skipped
-    counts = dict(runs=len(matched), completed=len(done), collapsed=collapsed, failed=failed, skipped=skipped)
+    counts = dict(runs=len(matched), completed=len(done), collapsed=collapsed, failed=failed, skipped=skipped,
+                  in_progress=len(going), run_ids=tuple(matched["run_id"].astype(str)))
     notes = list(setting_notes)
     if failed:
         lost = ~matched.index.isin(done.index) & ~status.isin(("collapsed", "skipped"))
@@ -329,10 +383,13 @@ def _row_label(spec: TableSpec, row: pd.Series) -> str:
     return ", ".join(f"{c.header} {display_value(c, str(row[c.key]))}" for c in columns)
 
 
-def build_table(spec: TableSpec, entry: Entry, paper: pd.DataFrame, runs: pd.DataFrame) -> BuiltTable:
-    """Match every paper row to our runs and lay the table out as the paper does."""
+def build_table(spec: TableSpec, entry: Entry, paper: pd.DataFrame, runs: pd.DataFrame,
+                in_progress: pd.DataFrame | None = None) -> BuiltTable:
+    """Match every paper row to our runs (and runs in progress) and lay the table out as the paper does."""
     matched = [match_runs(runs, row) for _, row in paper.iterrows()]
-    cells = [aggregate(m, entry.command) for m in matched]
+    going = in_progress if in_progress is not None else pd.DataFrame()
+    cells = [aggregate(m, entry.command, match_runs(going, row) if not going.empty else None)
+             for m, (_, row) in zip(matched, paper.iterrows())]
     long = paper.rename(columns={"accuracy": "paper_accuracy", "accuracy_std": "paper_accuracy_std",
                                  "collapsed": "paper_collapsed"}).copy()
     long.insert(0, "row", range(1, len(paper) + 1))
@@ -340,18 +397,18 @@ def build_table(spec: TableSpec, entry: Entry, paper: pd.DataFrame, runs: pd.Dat
     long["ours"] = [c.text for c in cells]
     long["ours_mean"] = [c.mean for c in cells]
     long["ours_std"] = [c.std for c in cells]
-    for name in ("runs", "completed", "collapsed", "failed", "skipped", "episodes"):
+    for name in ("runs", "completed", "collapsed", "failed", "skipped", "in_progress", "episodes"):
         long[name] = [getattr(c, name) for c in cells]
     long["notes"] = ["; ".join(c.notes) for c in cells]
 
     notes = []
-    unmatched = [_row_label(spec, row) for (_, row), c in zip(paper.iterrows(), cells) if c.runs == 0]
+    unmatched = [_row_label(spec, row) for (_, row), c in zip(paper.iterrows(), cells) if c.runs == 0 and not c.in_progress]
     if unmatched:
         which = "any row" if len(unmatched) == len(cells) else "these rows"
         notes.append(f"No run matched {which}; run `{entry.command}` (add `scale=smoke` for a quick version)"
                      + ("." if len(unmatched) == len(cells) else ":" + "".join(f"\n  - {u}" for u in unmatched)))
     for (_, row), cell in zip(paper.iterrows(), cells):
-        if cell.runs:
+        if cell.runs or cell.in_progress:
             notes.extend(f"{_row_label(spec, row)}: {note}." for note in cell.notes)
     short = any(c.episodes is not None and c.episodes < PAPER_EPISODES for c in cells)
     if short and spec.pivot is not None:
@@ -359,7 +416,8 @@ def build_table(spec: TableSpec, entry: Entry, paper: pd.DataFrame, runs: pd.Dat
                      for (_, row), c in zip(paper.iterrows(), cells) if c.episodes is not None)
     if any((m["scale"] == "smoke").any() for m in matched if not m.empty):
         notes.append("Some runs are smoke-scale (scale=smoke: a few episodes): not comparable to the paper's numbers.")
-    used = pd.concat([m for m in matched if not m.empty]) if any(not m.empty for m in matched) else None
+    used = pd.concat([m[m["run_id"].isin(c.run_ids)] for m, c in zip(matched, cells) if c.run_ids]) \
+        if any(c.run_ids for c in cells) else None
     if used is not None and short:
         notes.append(budget_note(used))
     if used is not None:

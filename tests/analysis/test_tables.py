@@ -317,10 +317,11 @@ def test_a_budget_short_of_the_papers_episodes_is_a_column_and_a_note(results_di
     make_run("short", alpha=10, sigma=0.1, seed=0, accuracy=0.8, episodes=140, scale="cpu", max_minutes=6)
     make_run("short1", alpha=10, sigma=0.1, seed=1, accuracy=0.82, episodes=160, scale="cpu", max_minutes=6)
     built = table("table2", results_dir, manifest)
-    assert list(built.layout["Episodes (ours)"]) == ["20000", "20000", "150", ""]
-    assert built.long.set_index("row").loc[3, "episodes"] == 150
+    # a cell holds one budget: the run that trained 160 episodes, not a 150-episode mean no run trained
+    assert list(built.layout["Episodes (ours)"]) == ["20000", "20000", "160", ""]
+    assert built.long.set_index("row").loc[3, "episodes"] == 160 and ours(built, 3) == "0.820 ± 0.010"
     note = next(n for n in built.notes if n.startswith("Budget:"))
-    assert "140-20000 training episodes of the paper's 20,000" in note
+    assert "160-20000 training episodes of the paper's 20,000" in note
     assert "under a time budget of 6 cpu-clock minutes per run" in note and "scale=cpu" in note
 
 
@@ -344,3 +345,45 @@ def test_cli_lists_every_run_it_could_not_place_with_the_settings_that_differ(re
     assert lines[1].startswith("- on_gpus (completed): nearest Table ") and "tpu gpu (row: v3-8)" in lines[1]
     assert "placed (" not in section
     assert "2 runs placed in no table" in proc.stderr
+
+
+def test_runs_of_different_budgets_never_share_a_cell(results_dir: Path, make_run, manifest) -> None:
+    """Seeds that trained different numbers of episodes (or under different budgets) are never averaged: the cell
+    shows the runs that trained the most, and the notes name the others."""
+    make_run("paper/0", alpha=1, sigma=0.01, seed=0, accuracy=0.98, episodes=20000)
+    make_run("paper/1", alpha=1, sigma=0.01, seed=1, accuracy=0.96, episodes=20000)
+    make_run("cpu/2", alpha=1, sigma=0.01, seed=2, accuracy=0.70, episodes=90, scale="cpu", max_minutes=6)
+    make_run("short/3", alpha=0.1, sigma=0.001, seed=0, accuracy=0.80, episodes=1)  # same config, 1 and 40 trained
+    make_run("short/4", alpha=0.1, sigma=0.001, seed=1, accuracy=0.83, accuracy_std=0.02, episodes=40)
+    built = table("table2", results_dir, manifest)
+    long = built.long.set_index("row")
+    assert ours(built, 2) == "0.970 ± 0.014" and long.loc[2, "runs"] == 2 and long.loc[2, "episodes"] == 20000
+    assert "1 run of another budget left out (90 episodes trained of 20,000 episodes requested, at most 6 " \
+        "cpu-clock minutes, scale=cpu); shown: 20,000 episodes trained of 20,000 episodes requested" in long.loc[2, "notes"]
+    assert ours(built, 1) == "0.830 ± 0.020" and long.loc[1, "episodes"] == 40  # the 40-episode run alone
+    assert "1 run of another budget left out (1 episodes trained" in long.loc[1, "notes"]
+
+
+def test_a_run_in_progress_shows_its_episodes_and_is_never_a_result(results_dir: Path, make_run, manifest) -> None:
+    import numpy as np
+
+    from esmeta import checkpoint
+    from tests.analysis.conftest import run_config
+
+    going = results_dir / "paper" / "seed1"
+    going.mkdir(parents=True)
+    checkpoint.save(going / "checkpoint.msgpack", {"w": np.zeros(3, np.float32)},
+                    checkpoint.Progress(step=2900), run_config(alpha=10, sigma=0.1, seed=1))
+    built = build_table(SPECS["table2"], manifest["table2"], load_paper_table(manifest["table2"]),
+                        load_results(results_dir).runs, load_results(results_dir).in_progress)
+    assert ours(built, 3) == "in progress: 2,900 of 20,000 episodes"
+    row = built.long.set_index("row").loc[3]
+    assert (row["runs"], row["completed"], row["in_progress"]) == (0, 0, 1) and pd.isna(row["ours_mean"])
+    make_run("paper/seed0", alpha=10, sigma=0.1, seed=0, accuracy=0.95)  # a finished seed: the cell is its result
+    results = load_results(results_dir)
+    assert list(results.runs["run_id"]) == ["paper/seed0"]
+    assert "in progress: episode 2,900 of 20,000" in next(s.reason for s in results.skipped if s.run == "paper/seed1")
+    built = build_table(SPECS["table2"], manifest["table2"], load_paper_table(manifest["table2"]), results.runs,
+                        results.in_progress)
+    assert ours(built, 3) == "0.950 ± 0.010"
+    assert "1 run in progress not counted (2,900 of 20,000 episodes)" in built.long.set_index("row").loc[3, "notes"]
