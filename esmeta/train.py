@@ -242,15 +242,19 @@ class Setup:
     num_params: int
 
 
-def build(config: Config, run: Config, mesh: Any, shards: int) -> Setup:
-    """Data, keys, model, estimator and optimizer of a run (`run`: the config as executed, after the scale's caps)."""
-    t, e = run.task, run.estimator
+def split_images(config: Config) -> dict[str, jax.Array]:
+    """The run's data: Omniglot's images uint8 (classes, 20, S, S) of each split (train, val, test)."""
     data = load_omniglot(
         config.data.root, config.data.image_size, config.data.resize_filter, config.data.cache_dir, config.data.download
     )
     split = split_classes(data.class_names, config.data.split, config.data.split_seed)
-    images = {name: jnp.asarray(data.images[idx]) for name, idx in split.items()}
+    return {name: jnp.asarray(data.images[idx]) for name, idx in split.items()}
 
+
+def build(config: Config, run: Config, mesh: Any, shards: int, images: dict[str, jax.Array]) -> Setup:
+    """Keys, model, estimator and optimizer of a run on its split's `images` (`run`: the config as executed, after
+    the scale's caps)."""
+    t, e = run.task, run.estimator
     init_key, train_key = run_keys(config.seed)
     val_key, test_key = jax.random.split(jax.random.key(config.eval.seed))
     params = init_params(init_key, config.model.channels, config.data.image_size)
@@ -350,7 +354,7 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     cpu_start = time.process_time()
     run = scaled(config)  # what executes: the scale's caps applied (config keeps the requested values)
     t = run.task
-    setup = build(config, run, mesh, shards)
+    setup = build(config, run, mesh, shards, split_images(config))
     state, progress = setup.state, checkpoint.Progress()
     if saved is not None:
         state, progress = checkpoint.restore(saved, setup.state), saved.progress
