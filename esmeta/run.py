@@ -7,6 +7,7 @@ input costs one line and exit status 2 instead of a traceback or a half-launched
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -23,7 +24,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from esmeta import sweeps
+from esmeta import cost, sweeps
 from esmeta.config import Config, from_mapping
 from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError, RunStopped, first_line
 from esmeta.results import CHECKPOINT
@@ -277,11 +278,13 @@ def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any
     return JOB_FAILED
 
 
-def dry_run(overrides: Sequence[str], multirun: bool = False) -> str:
+def dry_run(overrides: Sequence[str], multirun: bool = False, estimate: bool = False) -> str:
     """What a command would run, job by job: its overrides, where it writes and how its configuration differs
-    from the defaults. Everything is checked as before a real launch; nothing runs and nothing is written."""
+    from the defaults; with `estimate`, each job's expected time on this machine and the total (esmeta.cost).
+    Everything is checked as before a real launch; nothing is trained and nothing is written."""
 
     plan = plan_jobs(overrides, multirun)
+    costs = _estimates(plan) if estimate else None
     defaults = _flat(plan_jobs([]).jobs[0].config.to_dict())
     what = "job" if plan.total == 1 else "jobs"
     lines = [f"dry run: {plan.total} {what} -> {plan.out} (nothing runs, nothing is written)"]
@@ -292,7 +295,32 @@ def dry_run(overrides: Sequence[str], multirun: bool = False) -> str:
         lines.append(f"#{job.number} {' '.join(job.overrides) or '(no overrides)'}")
         lines.append(f"    writes to {job.directory}")
         lines.append(f"    differs from the defaults: {differ or 'nothing'}")
+        if costs is not None:
+            c = costs[plan.jobs.index(job)]
+            lines.append(f"    expected: {cost.clock(c.seconds)} here (compile {cost.clock(c.compile_s)}, "
+                         f"{c.episodes:,} training episodes {cost.clock(c.train_s)}, evaluation {cost.clock(c.eval_s)})")
+    if costs is not None:
+        lines.append(_cost_total(plan, costs))
     return "\n".join(lines)
+
+
+def _estimates(plan: Plan) -> list[Any]:
+    """Each listed job's expected time (esmeta.cost), measured in this process; progress on stderr."""
+    return cost.estimate_jobs([job.config for job in plan.jobs], lambda line: print(line, file=sys.stderr))
+
+
+def _cost_total(plan: Plan, costs: list[Any]) -> str:
+    """The sum of the jobs' expected times, with the machine that measured them."""
+    from esmeta.provenance import available_cores, cpu_name, matmul_peak_gflops
+
+    total, cores = sum(c.seconds for c in costs), available_cores()
+    scope = "" if plan.complete else f" for the {len(costs)} jobs listed (of {plan.total})"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy = f"; the machine was busy (load {load:.1f} on {cores} cores): these are this moment's times" \
+        if load > cores + 0.5 else ""
+    return (f"expected in all{scope}: {cost.clock(total)} of compute, one job at a time, on this machine "
+            f"({cores} cores, {cpu_name()}, matmul {matmul_peak_gflops(repeats=3):.0f} GFLOP/s); "
+            f"start-up and the data's first preparation not counted{busy}")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -332,10 +360,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     global _started
     _started = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--dry-run" in argv:  # list the jobs, run none
-        overrides, multirun, _ = _split_argv([a for a in argv if a != "--dry-run"])
+    if "--dry-run" in argv or "--estimate" in argv:  # list the jobs (and time them here: --estimate), run none
+        overrides, multirun, _ = _split_argv([a for a in argv if a not in ("--dry-run", "--estimate")])
         try:
-            print(dry_run(overrides, multirun))
+            print(dry_run(overrides, multirun, estimate="--estimate" in argv))
         except EsmetaError as e:
             fail(str(e))
         return
