@@ -280,7 +280,7 @@ def one_budget(matched: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """(the matched runs of one budget, notes on the runs of other budgets left out); see the module docstring."""
     if matched.empty or "budget" not in matched.columns:
         return matched, []
-    ran = matched["status"] != "skipped"  # a scale's refusal holds no number, whatever its budget
+    ran = matched["status"].isin(("completed", "collapsed"))  # a failure or a scale's refusal trained no budget
     keys = budget_keys(matched)
     if keys[ran].nunique() <= 1:
         return matched, []
