@@ -30,6 +30,7 @@ SETTINGS = (
     "estimator.rank",
     "estimator.fitness_shaping",
     "estimator.normalize",
+    "estimator.shard_episodes",
     "estimator.fd_sigma",
     "estimator.central",
     "estimator.fd_reduce",

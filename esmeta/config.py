@@ -27,6 +27,7 @@ NORM_STATS = ("running", "episode", "support")
 OPTIMIZERS = ("sgd", "adam")
 FITNESS_SHAPINGS = ("zscore", "centered_rank")
 NORMALIZATIONS = ("per_shard", "global")
+SHARD_EPISODES = ("shared", "own")  # wsr: one episode for every shard in a step, or an episode per shard
 EVAL_MODES = ("auto", "map", "vmap")
 FD_REDUCES = ("sum", "mean")
 FITNESS_PRECISIONS = ("highest", "default")
@@ -122,6 +123,7 @@ class EstimatorConfig:
     rank: int = 0  # wsr: 0 = full-rank Gaussian perturbations (the paper); r > 0 = rank-r matrix perturbations
     fitness_shaping: str = "zscore"
     normalize: str = "per_shard"
+    shard_episodes: str = "shared"  # wsr: every shard evaluates the step's one episode, or each samples its own
     fd_sigma: float = 1e-3
     central: bool = False
     # finite_diff readings the paper leaves open (see esmeta/estimators/finite_diff.py):
@@ -188,6 +190,9 @@ class WsrConfig:
     rank: int = 0
     fitness_shaping: str = "zscore"
     normalize: str = "per_shard"
+    # The paper z-scores and estimates per core, then averages the cores' estimates, but does not say whether
+    # the cores share a step's episode: "shared" (one episode, every shard) or "own" (an episode per shard).
+    shard_episodes: str = "shared"
     fitness_precision: str = "highest"
     eval_mode: str = "auto"
     chunk_size: int = 0
@@ -197,6 +202,7 @@ class WsrConfig:
         _check_fields(self, name)
         _choice(name("fitness_shaping"), self.fitness_shaping, FITNESS_SHAPINGS)
         _choice(name("normalize"), self.normalize, NORMALIZATIONS)
+        _choice(name("shard_episodes"), self.shard_episodes, SHARD_EPISODES)
         _positive(name("rank"), self.rank, allow_zero=True)
         _check_evaluation(self, name)
 
@@ -462,6 +468,9 @@ def validate_estimator(e: EstimatorConfig, sigma: float, shards: int = 0) -> Non
     _positive("estimator.weight_decay", e.weight_decay, allow_zero=True)
     for own in OWN_CONFIGS.values():
         _own_config(own, e, sigma).check(config_name(own))
+    if e.shard_episodes != "shared" and e.name != "wsr":
+        raise ConfigError(f"estimator.shard_episodes={e.shard_episodes} is a wsr setting (episodes per population "
+                          f"shard); estimator={e.name} evaluates one episode a step: drop it or use estimator=wsr")
     e.own(sigma).validate(shards, config_name(OWN_CONFIGS[e.name]))
 
 

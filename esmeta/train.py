@@ -81,14 +81,21 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return init_key, train_key
 
 
-def make_train_step(estimate, optimizer: optax.GradientTransformation, sample, metrics: MetricsFn):
+def make_train_step(estimate, optimizer: optax.GradientTransformation, sample, metrics: MetricsFn,
+                    shard_episodes: int = 0):
     """One jitted meta-training step: sample an episode, estimate the ascent direction, update mu, and update
-    the batch-norm running averages from the forward pass at mu (the one that gives train/loss)."""
+    the batch-norm running averages from the forward pass at mu (the one that gives train/loss). With
+    `shard_episodes` = S > 0 the estimator gets S episodes, one per population shard (stacked; shard s's from
+    fold_in(episode key, s)), and the forward pass at mu uses shard 0's."""
 
     def step(params, opt_state, running, key):
         episode_key, estimate_key = jax.random.split(key)
-        episode = sample(episode_key)
-        g, est_metrics = estimate(estimate_key, params, episode)
+        if shard_episodes:
+            episodes = jax.vmap(lambda s: sample(jax.random.fold_in(episode_key, s)))(jnp.arange(shard_episodes))
+            episode = jax.tree.map(lambda x: x[0], episodes)
+        else:
+            episode = episodes = sample(episode_key)
+        g, est_metrics = estimate(estimate_key, params, episodes)
         loss, accuracy, moments = metrics(params, episode)
         updates, opt_state = optimizer.update(jax.tree.map(jnp.negative, g), opt_state, params)
         out = {"train/loss": loss, "train/accuracy": accuracy}
@@ -269,7 +276,8 @@ def build(config: Config, run: Config, mesh: Any, shards: int, images: dict[str,
         eval_metrics,
     ) if config.eval.val_episodes else None
     return Setup(
-        images=images, train_step=make_train_step(estimate, optimizer, sample_train, train_metrics),
+        images=images, train_step=make_train_step(estimate, optimizer, sample_train, train_metrics,
+                                                  shards if e.shard_episodes == "own" else 0),
         validate_fn=validate_fn, eval_metrics=eval_metrics,
         state=(params, optimizer.init(params), init_batch_stats(params)),
         train_key=train_key, test_key=test_key, num_params=num_params(params),

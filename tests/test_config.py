@@ -95,6 +95,8 @@ BAD_INPUTS = [
     (["estimator=wsr", "sigma=0"], "sigma=0"),
     (["estimator=finite_diff", "estimator.fd_sigma=-1e-3"], "estimator.fd_sigma"),
     (["distance.scale=0"], "distance.scale=0"),
+    (["estimator=wsr", "estimator.shard_episodes=each"], "estimator.shard_episodes='each' is not an option"),
+    (["estimator=finite_diff", "estimator.shard_episodes=own"], "estimator.shard_episodes=own is a wsr setting"),
     (["hydra.run.dir=/proc/esmeta-cannot-write-here"], "is not writable"),
 ]
 

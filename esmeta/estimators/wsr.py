@@ -15,6 +15,8 @@ resolution of the fitness differences at sigma = 0.01).
 Shards (the paper's TPU cores) z-score their own population and the step averages their g_s (the
 all-reduce); `normalize="global"` z-scores the whole population instead. Candidate i's noise comes
 from fold_in(key, i), so any device count gives the same candidates; with `antithetic`, odd i mirrors i-1.
+With `shard_episodes="own"` the batch holds one episode per shard (stacked on a leading axis) and shard s's
+candidates are evaluated on episode s; by default every shard evaluates the step's one episode.
 Non-finite fitnesses are masked (weight 0, excluded from the statistics) and counted.
 `rank` > 0 draws low-rank matrix perturbations instead (EGGROLL-style, see `candidate_noise`).
 """
@@ -96,11 +98,14 @@ def make_wsr(config: WsrConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int)
     pps, sigma = config.pop_per_shard, config.sigma
     precision = population.fitness_precision(config.fitness_precision)
 
+    own_episodes = config.shard_episodes == "own"
+
     def local(key: jax.Array, params: Params, batch: Batch, where: LocalShards):
         noise = lambda i: candidate_noise(key, params, i, sigma, config.antithetic, config.rank)  # noqa: E731
         def fitness_of(i: jax.Array) -> jax.Array:
+            episode = jax.tree.map(lambda x: x[i // pps], batch) if own_episodes else batch  # candidate i's shard's
             with precision():
-                return fitness_from_loss(loss_fn(jax.tree.map(jnp.add, params, noise(i)), batch))
+                return fitness_from_loss(loss_fn(jax.tree.map(jnp.add, params, noise(i)), episode))
 
         index_sp = where.shard_ids[:, None] * pps + jnp.arange(pps)
         mode = population.resolve_eval_mode(config.eval_mode, where.platform)

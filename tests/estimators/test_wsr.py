@@ -83,6 +83,19 @@ def test_matches_transcription_of_eq9_over_two_shards():
     np.testing.assert_allclose(float(metrics["fitness_max"]), fitness.max(), rtol=1e-6)
 
 
+def test_each_shard_its_own_episode_matches_eq9_with_shard_s_on_episode_s():
+    """shard_episodes=own: the batch stacks one episode per shard; shard s's candidates are evaluated on episode s
+    (here a scalar that scales the target), z-scored within the shard, and the shards' g_s averaged."""
+    episodes = jnp.array([1.0, -0.5, 2.0])
+    g, _ = estimate(quadratic_loss, MU, episodes, key=3, shards=3, pop_per_shard=4, shard_episodes="own")
+    eps = noise_matrix(3, 12)
+    fitness = np.array([-float(quadratic_loss(ravel_pytree(MU)[1](flat(MU) + e), float(episodes[i // 4])))
+                        for i, e in enumerate(eps)])
+    np.testing.assert_allclose(flat(g), eq9(fitness, eps, shards=3), rtol=1e-4, atol=1e-7)
+    shared, _ = estimate(quadratic_loss, MU, 1.0, key=3, shards=3, pop_per_shard=4)
+    assert not np.allclose(flat(g), flat(shared))  # the episodes matter: not the shared reading
+
+
 def test_quadratic_large_population_points_along_gradient_with_step_sigma():
     """cos >= 0.95 to the true gradient; z-scoring removes F's scale, so |g| ~ sigma (eps includes sigma)."""
     steep = lambda p, b: 1000.0 * quadratic_loss(p, b)  # noqa: E731
