@@ -127,19 +127,28 @@ def load_source(args: argparse.Namespace, history_keys: tuple[str, ...] | None =
         except Exception as e:  # network, auth, unknown project: report, never a traceback
             raise UsageError(f"could not read W&B project {args.entity}/{args.project}: "
                              f"{type(e).__name__}: {first_line(e)}") from None
-    if results.runs.empty:
-        detail = f"; {count(len(results.skipped), 'incomplete run')} skipped" if results.skipped else ""
-        raise UsageError(f"no complete runs in {results.source} (a run is complete once it writes `done`){detail}")
+    require_runs(results)
     return results
 
 
+def require_runs(results: Results, shown: int = 3) -> None:
+    """A UsageError when no run was loaded, naming why the first `shown` skipped runs were left out."""
+    if results.runs.empty:
+        reasons = "; ".join(str(s) for s in results.skipped[:shown])
+        more = f"; and {len(results.skipped) - shown} more" if len(results.skipped) > shown else ""
+        detail = f"; {count(len(results.skipped), 'run')} skipped: {reasons}{more}" if results.skipped else ""
+        raise UsageError(f"no complete runs in {results.source} (a run is complete once it writes `done`){detail}")
+
+
 def describe(results: Results) -> str:
-    """One line: how many runs, by status, and how many were skipped."""
+    """One line: how many runs, by status, how many were skipped and how many curves left out."""
     counts = results.runs["status"].value_counts()
     parts = ", ".join(f"{counts[s]} {s}" for s in counts.index)
     line = f"{count(len(results.runs), 'run')} from {results.source} ({parts})"
     if results.skipped:
-        line += f"; {count(len(results.skipped), 'incomplete run')} skipped"
+        line += f"; {count(len(results.skipped), 'run')} skipped"
+    if results.curveless:
+        line += f"; {count(len(results.curveless), 'curve')} left out"
     return line
 
 
@@ -149,9 +158,11 @@ def count(n: int, noun: str) -> str:
 
 
 def report_skipped(prog: str, results: Results) -> None:
-    """Every skipped run on stderr, one line each."""
+    """Every skipped run on stderr, one line each, then every run whose curve was left out."""
     for skipped in results.skipped:
-        print(f"{prog}: skipped incomplete run {skipped.run}: {skipped.reason}", file=sys.stderr)
+        print(f"{prog}: skipped run {skipped.run}: {skipped.reason}", file=sys.stderr)
+    for run in results.curveless:
+        print(f"{prog}: left out the curve of run {run.run} (its summary is used): {run.reason}", file=sys.stderr)
 
 
 def prepare(

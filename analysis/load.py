@@ -1,9 +1,12 @@
 """Load every run under a results directory into one tidy DataFrame, with per-epoch curves.
 
 A run is a directory (a Hydra job) holding `summary.json`, `metrics.jsonl` and, written last, an
-empty `done` marker. Only runs with the marker are loaded; every other run directory found (a
-summary without `done`, a checkpoint only, a Hydra job that never started training) is listed in
-`Results.skipped` with the reason, never mixed in.
+empty `done` marker. Only runs with the marker and a summary whose results lie in their range are
+loaded; every other run directory found (a summary without `done`, a checkpoint only, a Hydra job
+that never started training, a test accuracy of 7.5, the same directory reached twice through a
+symbolic link) is listed in `Results.skipped` with the reason, never mixed in. A loaded run whose
+metrics file is unreadable (a garbage line, a metric that is not a number) keeps its row, and its
+curve is left out and listed in `Results.curveless`.
 
 Columns of `Results.runs` (one row per run):
   run_id, path, status, error, sweep, scale        identity and outcome ("completed", "collapsed", "failed", or
@@ -65,6 +68,16 @@ SUMMARY_FLOATS = (
 )
 SUMMARY_INTS = ("test_episodes", "episodes", "num_params")
 NON_FINITE_TEXT = ("nan", "inf", "-inf", "infinity", "-infinity")  # how some JSON writers spell NaN
+STATUSES = ("completed", "collapsed", "failed", "skipped")
+# summary number -> its range and whether it is a count; null and NaN pass (a collapsed or failed run has none)
+SUMMARY_RANGES = {
+    **{key: (0.0, 1.0, False) for key in ("test_accuracy", "test_accuracy_std", "test_accuracy_ci95",
+                                          "best_val_accuracy", "final_val_accuracy")},
+    "wall_time_s": (0.0, math.inf, False),
+    "test_episodes": (1, math.inf, True),
+    "episodes": (0, math.inf, True),
+    "num_params": (1, math.inf, True),
+}
 
 
 @dataclass(frozen=True)
@@ -80,13 +93,15 @@ class Skipped:
 
 @dataclass
 class Results:
-    """All complete runs of one source: a row per run, their per-epoch curves, and what was skipped."""
+    """All complete runs of one source: a row per run, their per-epoch curves, what was skipped, and the runs
+    whose curve was left out (their summary is used)."""
 
     runs: pd.DataFrame
     curves: pd.DataFrame
     skipped: list[Skipped] = field(default_factory=list)
     source: str = ""
     in_progress: pd.DataFrame = field(default_factory=pd.DataFrame)
+    curveless: list[Skipped] = field(default_factory=list)
 
     def curve(self, run_id: str) -> pd.DataFrame:
         """One run's per-epoch rows, by epoch."""
@@ -106,6 +121,28 @@ def number(value: Any) -> float:
         except ValueError:
             return math.nan
     return math.nan
+
+
+def _not_a_number(value: Any) -> bool:
+    """Neither a JSON number nor null nor a spelling of NaN."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in NON_FINITE_TEXT):
+        return False
+    return isinstance(value, bool) or not isinstance(value, (int, float))
+
+
+def summary_problem(summary: Mapping[str, Any]) -> str | None:
+    """Why a summary's results cannot be used (an unknown status, a number that is not one or lies outside its
+    range: an edited or damaged file), or None; both sources skip such a run rather than average it in."""
+    if summary.get("status") not in STATUSES:
+        return f"status {summary.get('status')!r} is not one of {', '.join(STATUSES)}"
+    for key, (low, high, count) in SUMMARY_RANGES.items():
+        value = summary.get(key)
+        if _not_a_number(value):
+            return f"{key} is {value!r}, not a number"
+        v = number(value)
+        if not math.isnan(v) and not (low <= v <= high and (not count or v.is_integer())):
+            return f"{key} is {value!r}, outside its range ({'a count ' if count else ''}{low:g} to {high:g})"
+    return None
 
 
 def dig(tree: Mapping[str, Any] | None, dotted: str) -> Any:
@@ -212,19 +249,20 @@ def budget_text(config: Mapping[str, Any]) -> str:
 
 
 def curve_records(run_id: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per-epoch metric rows tagged with their run; null metrics become NaN."""
+    """Per-epoch metric rows tagged with their run; null metrics become NaN; a metric that is not a number is a
+    ValueError naming its row and key (never drawn as a curve)."""
     out = []
-    for row in rows:
-        record: dict[str, Any] = {"run_id": run_id}
-        for key, value in row.items():
-            text_nan = isinstance(value, str) and value.strip().lower() in NON_FINITE_TEXT
-            record[key] = value if isinstance(value, str) and not text_nan else number(value)
-        out.append(record)
+    for i, row in enumerate(rows, start=1):
+        bad = next((key for key, value in row.items() if _not_a_number(value)), None)
+        if bad is not None:
+            raise ValueError(f"row {i}: {bad} is {row[bad]!r}, not a number")
+        out.append({"run_id": run_id, **{key: number(value) for key, value in row.items()}})
     return out
 
 
 def assemble(
-    records: list[dict[str, Any]], curves: list[dict[str, Any]], skipped: list[Skipped], source: str
+    records: list[dict[str, Any]], curves: list[dict[str, Any]], skipped: list[Skipped], source: str,
+    curveless: list[Skipped] | None = None,
 ) -> Results:
     """`Results` from rows built by `run_record` and `curve_records` (any source)."""
     runs = pd.DataFrame.from_records(records)
@@ -233,22 +271,27 @@ def assemble(
     curve_frame = pd.DataFrame.from_records(curves)
     if curve_frame.empty:
         curve_frame = pd.DataFrame(columns=["run_id", "epoch", "episode", "val/accuracy"])
-    return Results(runs=runs, curves=curve_frame, skipped=sorted(skipped, key=lambda s: s.run), source=source)
+    return Results(runs=runs, curves=curve_frame, skipped=sorted(skipped, key=lambda s: s.run), source=source,
+                   curveless=sorted(curveless or [], key=lambda s: s.run))
 
 
 def find_run_dirs(root: Path) -> list[Path]:
-    """Every directory under `root` (or `root` itself) that holds a run marker or a checkpoint.
+    """Every directory under `root` (or `root` itself) that holds a run marker or a checkpoint, symbolic links to
+    directories followed (a run may be linked into a results tree).
 
-    Run directories do not nest: the walk does not descend into one, nor into hidden directories.
+    Run directories do not nest: the walk does not descend into one, nor into hidden directories, nor twice into
+    one real directory (a link back up the tree ends there); a run reached twice is listed twice.
     """
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    found, walked = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         names = set(dirnames) | set(filenames)
         if any(m in names for m in RUN_MARKERS) or any(n.startswith("checkpoint") for n in names):
             found.append(Path(dirpath))
             dirnames[:] = []
             continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        real = os.path.realpath(dirpath)
+        dirnames[:] = [] if real in walked else sorted(d for d in dirnames if not d.startswith("."))
+        walked.add(real)
     return sorted(found)
 
 
@@ -282,9 +325,15 @@ def _read_checkpoint(path: Path) -> Any:
 def load_results(root: str | Path) -> Results:
     """All complete runs under `root` (the runs' `done` markers), their curves, and the runs skipped."""
     root = Path(root)
-    records, curves, skipped, in_progress = [], [], [], []
+    records, curves, skipped, curveless, in_progress = [], [], [], [], []
+    reached: dict[Path, str] = {}  # real directory -> the run id it was first loaded as
     for path in find_run_dirs(root):
         run_id = path.relative_to(root).as_posix() if path != root else path.name
+        if path.resolve() in reached:
+            skipped.append(Skipped(run_id, f"the same directory as run {reached[path.resolve()]} (a symbolic link): "
+                                           "counted once"))
+            continue
+        reached[path.resolve()] = run_id
         if not (path / DONE).exists():
             saved = _read_checkpoint(path)
             skipped.append(Skipped(run_id, _incomplete_reason(path, saved)))
@@ -296,12 +345,15 @@ def load_results(root: str | Path) -> Results:
             summary = json.loads((path / SUMMARY).read_text())
             if not isinstance(summary, dict):
                 raise ValueError(f"{SUMMARY} is not a JSON object")
-            metrics = read_metrics(path)
         except FileNotFoundError:
             skipped.append(Skipped(run_id, f"`done` marker but no {SUMMARY}"))
             continue
         except (ValueError, OSError) as e:
-            skipped.append(Skipped(run_id, f"unreadable results: {e}"))
+            skipped.append(Skipped(run_id, f"unreadable {SUMMARY}: {e}"))
+            continue
+        problem = summary_problem(summary)
+        if problem:
+            skipped.append(Skipped(run_id, f"{SUMMARY}: {problem} (an edited or damaged file)"))
             continue
         record = run_record(run_id, summary)
         record["path"] = str(path)
@@ -309,7 +361,15 @@ def load_results(root: str | Path) -> Results:
             stamp = datetime.fromtimestamp((path / DONE).stat().st_mtime, UTC)
             record["finished_at"] = stamp.isoformat(timespec="seconds")
         records.append(record)
-        curves.extend(curve_records(run_id, metrics))
-    results = assemble(records, curves, skipped, source=f"results directory {root}")
+        try:
+            metrics = read_metrics(path)
+        except (ValueError, OSError) as e:  # read_metrics names the unreadable line
+            curveless.append(Skipped(run_id, str(e) if isinstance(e, ValueError) else f"unreadable {METRICS} ({e})"))
+            continue
+        try:
+            curves.extend(curve_records(run_id, metrics))
+        except ValueError as e:
+            curveless.append(Skipped(run_id, f"{METRICS} {e}"))
+    results = assemble(records, curves, skipped, source=f"results directory {root}", curveless=curveless)
     results.in_progress = pd.DataFrame.from_records(in_progress)
     return results

@@ -63,7 +63,7 @@ def run(argv: list[str] | None) -> int:
                  "paper row; each line names the nearest row and the settings that differ.\n\n"
                  + "".join(f"- {line}\n" for line in unplaced))
     if skipped:
-        full += f"\n## Skipped runs (no `done` marker or unreadable)\n\n{skipped}"
+        full += f"\n## Skipped runs (no `done` marker, unreadable, or results out of range)\n\n{skipped}"
     print(full, end="")
     if unplaced:
         print(f"{PROG}: {cli.count(len(unplaced), 'run')} placed in no table (listed under 'Runs not placed')",

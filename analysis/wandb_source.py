@@ -6,7 +6,8 @@ summary, and its *full* history through `run.scan_history()` (`run.history()` sa
 The adapter touches only `run.id`, `run.name`, `run.state`, `run.config`, `run.summary` and
 `run.scan_history()`, so a recorded API response (tests/analysis/fixtures/) exercises the same code
 as the server. A W&B run counts as complete when its state is "finished" and its summary holds the
-run's `status`; every other run is listed in `Results.skipped`, like a local run without `done`.
+run's `status` (a summary out of range is skipped, as a local one); every other run is listed in
+`Results.skipped`, like a local run without `done`.
 Per-epoch curves are the history rows that carry both `epoch` and `val/accuracy` (per-step rows
 lack the validation accuracy). esmeta logs an epoch's means as `epoch/<namespace>_<name>` (so they
 do not overwrite the last step's own values, which share the row); they are renamed back to the
@@ -22,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from .load import Results, Skipped, assemble, curve_records, run_record
+from .load import Results, Skipped, assemble, curve_records, run_record, summary_problem
 
 CURVE_KEYS = ("epoch", "val/accuracy")
 FIGURE_KEYS = ("epoch", "episode", "val/accuracy")  # what the figures' curves read
@@ -61,7 +62,7 @@ def plain(value: Any) -> Any:
 
 def load_wandb_runs(runs: Iterable[ApiRun], source: str, history_keys: tuple[str, ...] | None = None) -> Results:
     """`Results` from API run objects (real or recorded); the history columns `history_keys` (see above)."""
-    records, curves, skipped = [], [], []
+    records, curves, skipped, curveless = [], [], [], []
     for run in runs:
         run_id = str(run.id)
         label = f"{run_id} ({run.name})" if run.name and run.name != run_id else run_id
@@ -72,6 +73,10 @@ def load_wandb_runs(runs: Iterable[ApiRun], source: str, history_keys: tuple[str
         if "status" not in summary:
             skipped.append(Skipped(label, "W&B summary has no `status`: not an esmeta run, or it never finished"))
             continue
+        problem = summary_problem(summary)
+        if problem:
+            skipped.append(Skipped(label, f"W&B summary: {problem} (an edited or damaged record)"))
+            continue
         config = plain(run.config)
         record = run_record(run_id, summary, config)
         record["name"] = run.name
@@ -81,8 +86,11 @@ def load_wandb_runs(runs: Iterable[ApiRun], source: str, history_keys: tuple[str
         # With keys, W&B returns only the rows that hold all of them, and only those columns.
         rows = run.scan_history() if history_keys is None else run.scan_history(keys=list(history_keys))
         epochs = [row for row in rows if all(row.get(k) is not None for k in CURVE_KEYS)]
-        curves.extend(curve_records(run_id, (epoch_metrics(r) for r in epochs)))
-    return assemble(records, curves, skipped, source=source)
+        try:
+            curves.extend(curve_records(run_id, (epoch_metrics(r) for r in epochs)))
+        except ValueError as e:
+            curveless.append(Skipped(label, f"W&B history {e}"))
+    return assemble(records, curves, skipped, source=source, curveless=curveless)
 
 
 def load_wandb(entity: str, project: str, api: Any = None, group: str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,18 @@ def test_cli_names_the_runs_it_could_place_in_no_row(results_dir: Path, make_run
     stray = [line for line in done.stdout.splitlines() if line.startswith("not placed: ")]
     assert len(stray) == 1 and stray[0].startswith("not placed: stray (completed): nearest Table ")
     assert "alpha 7 (row: 10)" in stray[0]
+
+
+def test_cli_leaves_out_a_curve_with_a_non_numeric_metric_and_names_it(results_dir: Path, make_run, tmp_path: Path
+                                                                       ) -> None:
+    """`"val/accuracy": "high"` in one line: figure 2 is drawn from the other runs, the run's curve listed."""
+    for seed in (0, 1):
+        make_run(f"fig2/c16_s{seed}", seed=seed, val_curve=curve(0.02 * seed))
+    bad = results_dir / "fig2" / "c16_s1" / "metrics.jsonl"
+    lines = bad.read_text().splitlines(keepends=True)
+    bad.write_text(json.dumps({**json.loads(lines[0]), "val/accuracy": "high"}) + "\n" + "".join(lines[1:]))
+    done = make_figures_cli("--results", str(results_dir), "--only", "figure2", cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert ("make_figures: left out the curve of run fig2/c16_s1 (its summary is used): metrics.jsonl row 1: "
+            "val/accuracy is 'high', not a number") in done.stderr
+    assert "figure2: wrote" in done.stdout and is_drawn(results_dir / "figures" / "figure2.png")

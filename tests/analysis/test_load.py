@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
 
+import pytest
 from esmeta.analysis.load import load_results
+
+from .conftest import write_run
 
 
 def test_one_row_per_complete_run_with_requested_config_and_metrics(results_dir: Path, make_run) -> None:
@@ -82,7 +86,7 @@ def test_done_without_a_readable_summary_is_reported(results_dir: Path, make_run
     assert results.runs.empty
     reasons = {s.run: s.reason for s in results.skipped}
     assert reasons["a"] == "`done` marker but no summary.json"
-    assert reasons["b"].startswith("unreadable results")
+    assert reasons["b"].startswith("unreadable summary.json: ")
 
 
 def test_null_metrics_are_nan_and_failed_runs_are_rows(results_dir: Path, make_run) -> None:
@@ -110,3 +114,56 @@ def test_the_results_directory_itself_may_be_a_run(results_dir: Path, make_run) 
     run = make_run("single", accuracy=0.91)
     results = load_results(run)
     assert list(results.runs["test_accuracy"]) == [0.91]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("test_accuracy", 7.5, "test_accuracy is 7.5, outside its range (0 to 1)"),
+        ("episodes", -5, "episodes is -5, outside its range (a count 0 to inf)"),
+        ("test_accuracy_std", "high", "test_accuracy_std is 'high', not a number"),
+        ("status", "complete", "status 'complete' is not one of completed, collapsed, failed, skipped"),
+    ],
+)
+def test_a_summary_out_of_range_is_skipped_with_why(results_dir: Path, make_run, key: str, value, reason: str
+                                                    ) -> None:
+    make_run("good", accuracy=0.9)
+    edited = make_run("edited", seed=1)
+    summary = json.loads((edited / "summary.json").read_text())
+    (edited / "summary.json").write_text(json.dumps({**summary, key: value}))
+    results = load_results(results_dir)
+    assert list(results.runs["run_id"]) == ["good"]
+    assert [str(s) for s in results.skipped] == [f"edited: summary.json: {reason} (an edited or damaged file)"]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"epoch": 3, "val/acc', "unreadable metrics.jsonl line 3: Unterminated string"),
+        ('{"epoch": 3, "val/accuracy": "high"}', "metrics.jsonl row 3: val/accuracy is 'high', not a number"),
+    ],
+)
+def test_an_unreadable_metrics_line_leaves_out_the_curve_and_keeps_the_run(results_dir: Path, make_run, line: str,
+                                                                           reason: str) -> None:
+    """Its summary is valid and the run finished: the tables use it; its curve is listed as left out, never drawn."""
+    run = make_run("garbled", val_curve=[0.5, 0.6], accuracy=0.8)
+    make_run("clean", val_curve=[0.5, 0.7], seed=1)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(line + "\n")
+    results = load_results(results_dir)
+    assert list(results.runs["run_id"]) == ["clean", "garbled"] and not results.skipped
+    assert len(results.curveless) == 1 and str(results.curveless[0]).startswith(f"garbled: {reason}")
+    assert set(results.curves["run_id"]) == {"clean"}
+
+
+def test_symlinked_runs_are_loaded_once_each_and_a_link_cycle_ends(results_dir: Path, make_run, tmp_path: Path
+                                                                   ) -> None:
+    elsewhere = write_run(tmp_path / "elsewhere", "run", accuracy=0.7)
+    (results_dir / "linked").symlink_to(elsewhere)
+    (results_dir / "again").symlink_to(elsewhere)  # the same run twice: counted once
+    make_run("sweep/real", accuracy=0.9)
+    (results_dir / "sweep" / "loop").symlink_to(results_dir)  # a cycle
+    results = load_results(results_dir)
+    assert list(results.runs["run_id"]) == ["again", "sweep/real"]
+    assert [str(s) for s in results.skipped] == [
+        "linked: the same directory as run again (a symbolic link): counted once"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -220,7 +221,7 @@ def test_cli_prints_and_writes_every_table(results_dir: Path, make_run, tmp_path
     assert done.returncode == 0, done.stderr
     assert "| 1   | 0.01  | 0.970 ± 0.014     | 0.987 ± 0.009      | 2      |" in done.stdout
     assert "## Table VII:" in done.stdout and "## Memory:" in done.stdout
-    assert "skipped incomplete run sweep/9_incomplete: no `done` marker" in done.stderr
+    assert "skipped run sweep/9_incomplete: no `done` marker" in done.stderr
     names = {p.name for p in out.iterdir()}
     for key in [f"table{i}" for i in range(1, 8)] + ["memory"]:
         assert {f"{key}.md", f"{key}.tex", f"{key}.csv"} <= names
@@ -242,7 +243,7 @@ def test_cli_default_out_is_under_results(results_dir: Path, make_run) -> None:
     [
         (["--results", "{missing}"], "no such directory"),
         (["--results", "{empty}"], "no complete runs"),
-        (["--results", "{incomplete}"], "1 incomplete run skipped"),
+        (["--results", "{incomplete}"], "1 run skipped: run: no `done` marker: summary.json was written"),
         ([], "--results DIR is required"),
         (["--results", "{empty}", "--source", "s3"], "--source 's3' is not one of: local, wandb"),
         (["--source", "wandb", "--entity", "me"], "--source wandb needs --project"),
@@ -268,22 +269,73 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args: 
     assert sorted(p for p in tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("garbage", ['{"epoch": 3, "val/acc', "42", "null"])
-def test_cli_lists_a_finished_run_left_out_for_a_garbage_metrics_line(
+@pytest.mark.parametrize("garbage", ['{"epoch": 3, "val/acc', "42", "null", '{"val/accuracy": "high"}'])
+def test_cli_uses_a_finished_run_with_a_garbage_metrics_line_and_says_its_curve_is_left_out(
     results_dir: Path, make_run, tmp_path: Path, garbage: str
 ) -> None:
-    """A finished run (it has `done`) whose last metrics.jsonl line is garbage is left out, and said so with why."""
+    """A finished run (`done`, a valid summary) whose last metrics.jsonl line is garbage is in its cell, and its
+    curve is listed as left out, with why; never called incomplete."""
     table2_runs(make_run)
-    make_run("sweep/8_garbled", alpha=10, sigma=0.1)
+    make_run("sweep/8_garbled", alpha=10, sigma=0.1, accuracy=0.5)
     with open(results_dir / "sweep" / "8_garbled" / "metrics.jsonl", "a") as f:
         f.write(garbage + "\n")
     out = tmp_path / "out"
     done = make_tables("--results", str(results_dir), "--out", str(out), "--only", "table2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr and "incomplete" not in done.stderr
     line = next(x for x in done.stderr.splitlines() if "sweep/8_garbled" in x)
-    assert "unreadable metrics.jsonl line" in line
-    assert "sweep/8_garbled: unreadable results: unreadable metrics.jsonl line" in (out / "tables.md").read_text()
+    assert "left out the curve of run sweep/8_garbled (its summary is used): " in line and "metrics.jsonl" in line
+    assert "| 10  | 0.1   | 0.500 ± 0.010" in (out / "table2.md").read_text()
+
+
+def test_cli_with_only_unusable_runs_says_why_in_its_one_line(results_dir: Path, make_run, tmp_path: Path) -> None:
+    run = make_run("only", accuracy=7.5)
+    done = make_tables("--results", str(results_dir), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"make_tables: error: no complete runs in results directory {results_dir} (a run is complete once it writes "
+        "`done`); 1 run skipped: only: summary.json: test_accuracy is 7.5, outside its range (0 to 1) (an edited or "
+        "damaged file)")
+    assert run.exists() and not (tmp_path / "out" / "tables.md").exists()
+
+
+@pytest.mark.parametrize(("key", "value"), [("test_accuracy", 7.5), ("episodes", -5)])
+def test_cli_skips_a_run_whose_summary_is_out_of_range_and_lists_it(
+    results_dir: Path, make_run, tmp_path: Path, key: str, value: float
+) -> None:
+    """An edited summary is never averaged into a cell (nor its episodes into the budget note)."""
+    table2_runs(make_run)
+    edited = make_run("table2/9_edited", alpha=1, sigma=0.01, seed=2, episodes=40)
+    summary = json.loads((edited / "summary.json").read_text())
+    (edited / "summary.json").write_text(json.dumps({**summary, key: value}))
+    out = tmp_path / "out"
+    done = make_tables("--results", str(results_dir), "--out", str(out), "--only", "table2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    reason = f"summary.json: {key} is {value}, outside its range"
+    assert f"make_tables: skipped run table2/9_edited: {reason}" in done.stderr
+    assert f"- table2/9_edited: {reason}" in (out / "tables.md").read_text()
+    assert layout_of(out / "table2.md") == layout_of_golden()
+
+
+def test_cli_reads_symlinked_run_directories_once(results_dir: Path, make_run, tmp_path: Path) -> None:
+    table2_runs(make_run)
+    (tmp_path / "moved").mkdir()
+    (results_dir / "table2" / "1").rename(tmp_path / "moved" / "1")
+    (results_dir / "table2" / "1").symlink_to(tmp_path / "moved" / "1")
+    (results_dir / "table2" / "1-again").symlink_to(tmp_path / "moved" / "1")
+    out = tmp_path / "out"
+    done = make_tables("--results", str(results_dir), "--out", str(out), "--only", "table2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert layout_of(out / "table2.md") == layout_of_golden()  # seed 1 counted once, through its link
+    assert "skipped run table2/1-again: the same directory as run table2/1 (a symbolic link)" in done.stderr
+
+
+def layout_of(path: Path) -> str:
+    return "\n".join(line for line in path.read_text().splitlines() if line.startswith("|"))
+
+
+def layout_of_golden() -> str:
+    return "\n".join(line for line in GOLDEN_TABLE2.splitlines() if line.startswith("|"))
 
 
 @pytest.mark.parametrize("out", ["/proc/esmeta-tables", "{file}/sub"])

@@ -139,9 +139,9 @@ def test_make_tables_source_wandb(monkeypatch: pytest.MonkeyPatch, capsys, tmp_p
                              "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "3 runs from W&B project me/esmeta (2 completed, 1 collapsed); 3 incomplete runs skipped" in captured.out
+    assert "3 runs from W&B project me/esmeta (2 completed, 1 collapsed); 3 runs skipped" in captured.out
     assert "| 1   | 0.01  | 0.970 ± 0.014     | 0.987 ± 0.009      | 2      |" in captured.out
-    assert "make_tables: skipped incomplete run a10run (table2-a10-s0.1): W&B state is 'running'" in captured.err
+    assert "make_tables: skipped run a10run (table2-a10-s0.1): W&B state is 'running'" in captured.err
     assert (out / "table2.csv").is_file()
 
 
