@@ -32,7 +32,9 @@ def test_archive_copies_summary_metrics_and_done_only_then_rebuilds(results_dir:
     assert not (out / "table2" / "1_unfinished").exists()  # incomplete runs are not archived
     assert (out / "tables" / "table2.md").is_file() and (out / "figures" / "figure5.png").is_file()
     assert "0.900 ± 0.010" in (out / "tables" / "table2.md").read_text()
-    assert "archived 1 run into" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "archived 1 run into" in err
+    assert "archive: not archived: table2/1_unfinished: no `done` marker" in err  # said, with why
 
 
 def test_archive_of_nothing_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
@@ -40,6 +42,48 @@ def test_archive_of_nothing_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert archive.main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().startswith("archive: error: no complete runs in")
     assert not (tmp_path / "out" / "tables").exists()
+
+
+@pytest.mark.parametrize("out", ["{r}", "{r}/archive", "{r}/.."])
+def test_an_archive_overlapping_its_source_is_refused_before_anything_is_touched(results_dir: Path, make_run,
+                                                                                 capsys, out: str) -> None:
+    """--out onto --results used to delete a run's `done` before failing; --out inside it archived its own copies
+    on each rerun (2, 4, 6 runs)."""
+    make_run("a", val_curve=[0.5])
+    make_run("b", seed=1, val_curve=[0.6])
+    before = {p: p.read_bytes() for p in results_dir.parent.rglob("*") if p.is_file()}
+    assert archive.main(["--results", str(results_dir), "--out", out.format(r=results_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("archive: error: --results ") and "overlap" in err and "\n" not in err
+    assert {p: p.read_bytes() for p in results_dir.parent.rglob("*") if p.is_file()} == before
+
+
+def test_a_rearchived_run_is_replaced_whole(results_dir: Path, make_run, tmp_path: Path) -> None:
+    """A failed rerun without metrics.jsonl: the archive keeps no curve of the earlier run beside its summary."""
+    make_run("keep", seed=1, val_curve=[0.6])
+    run = make_run("rerun", val_curve=[0.5, 0.7])
+    out = tmp_path / "archive"
+    assert archive.main(["--results", str(results_dir), "--out", str(out)]) == 0
+    (run / "metrics.jsonl").unlink()
+    (run / "summary.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: boom",
+                                                  "config": json.loads((run / "summary.json").read_text())["config"]}))
+    assert archive.main(["--results", str(results_dir), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "rerun").iterdir()) == ["done", "summary.json"]
+    assert (out / "rerun" / "summary.json").read_bytes() == (run / "summary.json").read_bytes()
+
+
+def test_runs_with_a_bad_metric_or_summary_are_not_archived_and_named(results_dir: Path, make_run, tmp_path: Path,
+                                                                      capsys) -> None:
+    make_run("good", val_curve=[0.5, 0.7])
+    (make_run("word", seed=1, val_curve=[0.5]) / "metrics.jsonl").write_text('{"epoch": 1, "val/accuracy": "high"}\n')
+    edited = make_run("edited", seed=2, accuracy=7.5)
+    out = tmp_path / "archive"
+    assert archive.main(["--results", str(results_dir), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "archive: not archived: word: metrics.jsonl row 1: val/accuracy is 'high', not a number" in err
+    assert "archive: not archived: edited: summary.json: test_accuracy is 7.5, outside its range" in err
+    assert sorted(p.parent.name for p in out.rglob("done")) == ["good"] and edited.exists()
+    assert (out / "figures" / "figure5.png").is_file() and "archived 1 run into" in err
 
 
 def archived_runs(archive: Path = ARCHIVE) -> list[Path]:
