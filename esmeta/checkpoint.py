@@ -24,7 +24,7 @@ import numpy as np
 from flax import serialization
 
 from esmeta.errors import ConfigError
-from esmeta.results import CHECKPOINT, DONE, atomic_write_bytes, read_finished_summary
+from esmeta.results import CHECKPOINT, DONE, atomic_write_bytes, check_no_directory_in_the_way, read_finished_summary
 
 if TYPE_CHECKING:
     from esmeta.config import Config
@@ -203,8 +203,10 @@ def _extends(previous: dict[str, Any], config: Config) -> bool:
 
 
 def inspect_run_dir(config: Config, path: Path) -> RunState:
-    """What `path` holds for `config`, reading only; a finished run of another configuration, a damaged
-    summary or an unusable checkpoint is a one-line EsmetaError (the command is refused, nothing written)."""
+    """What `path` holds for `config`, reading only; a directory where a results file goes, a finished run of
+    another configuration, a damaged summary or an unusable checkpoint is a one-line EsmetaError (the command is
+    refused, nothing written)."""
+    check_no_directory_in_the_way(path)
     if not config.train.resume:
         return RunState()
     if (path / DONE).exists():

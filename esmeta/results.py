@@ -122,6 +122,15 @@ def ensure_writable_dir(path: Path, key: str = "hydra.run.dir", create: bool = T
         ) from None
 
 
+def check_no_directory_in_the_way(path: Path, key: str = "hydra.run.dir") -> None:
+    """A one-line ConfigError when a directory stands where a run writes `done`, its summary, metrics or checkpoint
+    (all removed or replaced when it starts): found before anything is written."""
+    for name in (DONE, SUMMARY, METRICS, CHECKPOINT):
+        if (path / name).is_dir():
+            raise ConfigError(f"{path / name} is a directory where esmeta writes its {name} file; remove it, "
+                              f"or set {key}=<another directory>")
+
+
 class DirLock:
     """An exclusive OS lock on a directory (its `.esmeta.lock` file) for one writer at a time.
 
@@ -185,7 +194,11 @@ class RunDir:
         ensure_writable_dir(self.path)
         remove_stale_temporaries(self.path)  # the lock is ours: any temporary file here is a killed run's
         for name in (DONE, SUMMARY, METRICS) + (() if keep_checkpoint else (CHECKPOINT,)):
-            (self.path / name).unlink(missing_ok=True)
+            try:
+                (self.path / name).unlink(missing_ok=True)
+            except OSError as e:  # a directory in the way (checked before), or no permission
+                raise DataError(f"cannot remove {self.path / name} ({e.strerror or e}); remove it, "
+                                "or set hydra.run.dir=<another directory>") from None
         for relative, text in record:
             (self.path / relative).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.path / relative, text.encode())

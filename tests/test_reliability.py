@@ -229,6 +229,16 @@ def test_load_run_on_damaged_files_is_one_data_error_naming_them(finished, tmp_p
         esmeta.load_run(run)
 
 
+@pytest.mark.parametrize("name", ["done", "metrics.jsonl"])
+def test_a_directory_where_a_results_file_goes_is_one_line_and_nothing_written(tmp_path, name):
+    """It used to end in IsADirectoryError's traceback after writing a `failed` summary and `done` beside it."""
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    proc = run_cli(*FAST, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert_one_line_error(proc, f"{out / name} is a directory where esmeta writes its {name} file", "remove it")
+    assert sorted(p.name for p in out.iterdir()) == [name]
+
+
 def test_a_write_to_a_full_disk_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path):
     """A real full filesystem (a 64 KiB tmpfs) where the machine allows mounting one; else a file in the way."""
     disk = tmp_path / "disk"
