@@ -24,7 +24,15 @@ import numpy as np
 from flax import serialization
 
 from esmeta.errors import ConfigError
-from esmeta.results import CHECKPOINT, DONE, atomic_write_bytes, check_no_directory_in_the_way, read_finished_summary
+from esmeta.results import (
+    BATCH_STATS,
+    CHECKPOINT,
+    DONE,
+    PARAMS,
+    atomic_write_bytes,
+    check_no_directory_in_the_way,
+    read_finished_summary,
+)
 
 if TYPE_CHECKING:
     from esmeta.config import Config
@@ -194,6 +202,25 @@ def _check_progress(saved: Saved, config: Config) -> None:
         )
 
 
+# A finished run's trained state, and the key of its checksum in summary.json.
+PARAM_FILES = ((PARAMS, "params_sha256"), (BATCH_STATS, "batch_stats_sha256"))
+
+
+def check_params_intact(path: Path, summary: dict[str, Any]) -> None:
+    """Refuse (one line) to keep a finished run whose parameter files are missing, unverifiable (no checksum
+    recorded) or not what its summary recorded: keeping it would publish a result its model no longer backs."""
+    for name, key in PARAM_FILES:
+        try:
+            intact = sha256((path / name).read_bytes()) == summary.get(key)
+        except OSError:
+            intact = False
+        if not intact:
+            raise ConfigError(
+                f"{path} holds a finished run whose {name} is missing, damaged or unverifiable (it does not match "
+                f"the {key} its summary.json recorded); pass train.resume=false to retrain it"
+            )
+
+
 def _extends(previous: dict[str, Any], config: Config) -> bool:
     """Whether a finished run is one its time budget stopped (train.max_minutes) and this config asks for a larger
     budget (or none): then the rerun continues it from the checkpoint it kept."""
@@ -204,8 +231,8 @@ def _extends(previous: dict[str, Any], config: Config) -> bool:
 
 def inspect_run_dir(config: Config, path: Path) -> RunState:
     """What `path` holds for `config`, reading only; a directory where a results file goes, a finished run of
-    another configuration, a damaged summary or an unusable checkpoint is a one-line EsmetaError (the command is
-    refused, nothing written)."""
+    another configuration or with damaged parameters, a damaged summary or an unusable checkpoint is a one-line
+    EsmetaError (the command is refused, nothing written)."""
     check_no_directory_in_the_way(path)
     if not config.train.resume:
         return RunState()
@@ -214,6 +241,7 @@ def inspect_run_dir(config: Config, path: Path) -> RunState:
         if previous.get("status") not in ("failed", "skipped"):  # a job that never ran is redone
             check_same_run(previous.get("config", {}), config.to_dict(), path, "a finished run")
             if not _extends(previous, config):
+                check_params_intact(path, previous)
                 return RunState(finished=previous)
             saved = read(path / CHECKPOINT) if (path / CHECKPOINT).exists() else None
             if saved is None:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
-from esmeta.checkpoint import sha256
+from esmeta.checkpoint import PARAM_FILES, sha256
 from esmeta.config import Config, from_mapping
 from esmeta.data.episodes import to_float
 from esmeta.errors import DataError, EsmetaError
@@ -18,12 +18,12 @@ from esmeta.protonet import BatchStats, Params, embed, init_batch_stats, init_pa
 from esmeta.results import BATCH_STATS, DONE, PARAMS, SUMMARY, read_finished_summary
 
 
-def _read_params(path: Path, template: Params, expected_sha256: str | None) -> Params:
-    """The arrays (parameters or running averages) in `path`, checked against the checksum the summary recorded (runs written before
-    esmeta recorded one: against the shapes only); a damaged file is a one-line DataError naming it."""
+def _read_params(path: Path, template: Params, expected_sha256: str) -> Params:
+    """The arrays (parameters or running averages) in `path`, checked against the checksum the summary recorded
+    and the config's shapes; a damaged file is a one-line DataError naming it."""
     try:
         data = path.read_bytes()
-        if expected_sha256 is not None and sha256(data) != expected_sha256:
+        if sha256(data) != expected_sha256:
             raise ValueError("checksum mismatch with the checksum summary.json recorded")
         params = serialization.from_bytes(template, data)
         for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(template), strict=True):
@@ -47,7 +47,7 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
-    """Load `run_dir` (a run's output directory, with its `done` marker).
+    """Load `run_dir` (a completed run's output directory, with its `done` marker and checksummed parameters).
 
     `embed(images)` takes images as the training preprocessing produces them: uint8 (n, S, S) with
     255 = ink (a slice of `load_omniglot(...).images`), or float32 (n, S, S, 1) in [0, 1]. Batch norm as
@@ -63,11 +63,18 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         config = from_mapping(summary["config"])
     except (KeyError, TypeError, EsmetaError) as e:
         raise DataError(f"{run_dir / SUMMARY} holds no valid config ({type(e).__name__}: {e}); it is damaged") from None
+    if summary.get("status") != "completed":  # a collapsed run's parameters are not finite: no model to embed with
+        raise DataError(f"{run_dir} holds a run whose status is {summary.get('status')!r}, not 'completed': its "
+                        "parameters are no trained model; load a completed run")
+    missing = [key for _, key in PARAM_FILES if not isinstance(summary.get(key), str)]
+    if missing:
+        raise DataError(f"{run_dir / SUMMARY} records no {' or '.join(missing)}, so its parameters cannot be "
+                        "verified; retrain the run (train.resume=false)")
     template = init_params(jax.random.key(0), config.model.channels, config.data.image_size)
-    params = _read_params(run_dir / PARAMS, template, summary.get("params_sha256"))
+    params = _read_params(run_dir / PARAMS, template, summary["params_sha256"])
     if not (run_dir / BATCH_STATS).exists():
         raise DataError(f"{run_dir} holds no {BATCH_STATS} (a run from before running averages were kept); retrain it")
-    batch_stats = _read_params(run_dir / BATCH_STATS, init_batch_stats(template), summary.get("batch_stats_sha256"))
+    batch_stats = _read_params(run_dir / BATCH_STATS, init_batch_stats(template), summary["batch_stats_sha256"])
     running = batch_stats if config.model.norm_stats == "running" else None
 
     @jax.jit

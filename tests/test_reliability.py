@@ -229,6 +229,41 @@ def test_load_run_on_damaged_files_is_one_data_error_naming_them(finished, tmp_p
         esmeta.load_run(run)
 
 
+def test_load_run_refuses_a_collapsed_run_and_parameters_it_cannot_verify(finished, tmp_path):
+    """A collapsed run's parameters are not finite (it embedded to NaN); a summary without the checksums let a
+    flipped byte load."""
+    import json
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished, run)
+    summary = read_summary(run)
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "collapsed"}))
+    with pytest.raises(DataError, match="status is 'collapsed', not 'completed'"):
+        esmeta.load_run(run)
+    (run / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "params_sha256"}))
+    params = bytearray((run / "params.msgpack").read_bytes())
+    params[-3] ^= 0x01
+    (run / "params.msgpack").write_bytes(bytes(params))
+    with pytest.raises(DataError, match="records no params_sha256, so its parameters cannot be verified"):
+        esmeta.load_run(run)
+
+
+def test_a_rerun_onto_a_finished_run_with_damaged_parameters_is_refused_not_kept(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished, run)
+    params = bytearray((run / "params.msgpack").read_bytes())
+    params[-3] ^= 0x01
+    (run / "params.msgpack").write_bytes(bytes(params))
+    before = tree_bytes(run)
+    proc = run_cli(*FAST, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert_one_line_error(proc, f"{run} holds a finished run whose params.msgpack is missing, damaged",
+                          "train.resume=false")
+    assert tree_bytes(run) == before
+
+
 @pytest.mark.parametrize("name", ["done", "metrics.jsonl"])
 def test_a_directory_where_a_results_file_goes_is_one_line_and_nothing_written(tmp_path, name):
     """It used to end in IsADirectoryError's traceback after writing a `failed` summary and `done` beside it."""
