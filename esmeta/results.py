@@ -18,7 +18,6 @@ import math
 import os
 import socket
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -59,6 +58,17 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def _locked_temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside `path`, open and locked by this process until its rename (so that
+    `remove_stale_temporaries` leaves it alone); one a cleaner removed before the lock was taken is replaced."""
+    while True:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return fd, tmp
+        os.close(fd)
+
+
 @contextmanager
 def atomic_writer(path: Path, hint: str = RESUME_HINT) -> Iterator[IO[bytes]]:
     """A file to write `path` through: a temporary file in the same directory, renamed over `path` when the
@@ -66,13 +76,13 @@ def atomic_writer(path: Path, hint: str = RESUME_HINT) -> Iterator[IO[bytes]]:
     leaves `path` as it was and raises a one-line DataError naming it, with `hint`."""
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-        with os.fdopen(fd, "wb") as f:
+        fd, tmp = _locked_temporary(path)
+        with os.fdopen(fd, "wb") as f:  # closing releases the lock: only after the rename
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, path)
     except OSError as e:
         raise DataError(f"cannot write {path} ({e.strerror or e}); {hint}") from None
     finally:
@@ -86,16 +96,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def remove_stale_temporaries(directory: Path, older_than_s: float = 0.0, prefix: str = "") -> None:
-    """Delete the temporary files of atomic writes (of targets named `prefix*`) that a killed process left in
-    `directory`, those older than `older_than_s`: where other processes may be writing, theirs are young."""
-    now = time.time()
+def remove_stale_temporaries(directory: Path, prefix: str = "") -> None:
+    """Delete the temporary files of atomic writes (of targets named `prefix*`) in `directory` whose writer is gone:
+    a live writer holds an OS lock on its file until the rename, the kernel drops a killed one's."""
     for tmp in directory.glob(f".{prefix}*{TMP_SUFFIX}"):
         try:
-            if now - tmp.stat().st_mtime >= older_than_s:
-                tmp.unlink()
-        except OSError:  # gone meanwhile, or not ours to delete: never fatal
+            fd = os.open(tmp, os.O_RDWR)
+        except OSError:  # gone meanwhile, a directory, or not ours to open: never fatal
+            continue
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tmp.unlink()
+        except OSError:  # a live writer holds it
             pass
+        finally:
+            os.close(fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -192,7 +207,8 @@ class RunDir:
         if not self.enabled:
             return
         ensure_writable_dir(self.path)
-        remove_stale_temporaries(self.path)  # the lock is ours: any temporary file here is a killed run's
+        for directory in {self.path, *((self.path / relative).parent for relative, _ in record)}:  # .hydra/ too
+            remove_stale_temporaries(directory)
         for name in (DONE, SUMMARY, METRICS) + (() if keep_checkpoint else (CHECKPOINT,)):
             try:
                 (self.path / name).unlink(missing_ok=True)

@@ -44,7 +44,6 @@ ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise; class k of a charact
 SOURCE_SIZE = 105  # side of every official Omniglot PNG
 CACHE_FORMAT_VERSION = 2  # bump when preprocessing changes, so stale caches are not reused
 DOWNLOAD_TIMEOUT_S = 10.0
-STALE_TEMP_S = 3600.0  # a cache temp file this old is a killed writer's (writing one takes seconds)
 NUM_CLASSES = len(ROTATIONS) * sum(EXPECTED_CHARACTERS.values())  # 6492
 
 _FIX_HINT = (
@@ -300,13 +299,12 @@ def _read_cache(path: Path, meta: str, image_size: int) -> Omniglot | None:
 
 
 def _write_cache(path: Path, data: Omniglot, meta: str) -> None:
-    """Write atomically (results.atomic_writer), so no half cache survives; temp files of killed writers go."""
+    """Write atomically (results.atomic_writer), so no half cache survives."""
     hint = "set ESMETA_CACHE_DIR or data.cache_dir=<writable dir>"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"cannot write the Omniglot cache {path} ({err.strerror or err}); {hint}") from None
-    remove_stale_temporaries(path.parent, STALE_TEMP_S, prefix="omniglot_")
     with atomic_writer(path, hint) as f:
         np.savez(f, images=data.images, class_names=np.array(data.class_names), meta=np.array(meta))
 
@@ -338,6 +336,7 @@ def load_omniglot(
     image_size = int(image_size)
     zips = check_zips(root, download)
     path = cache_file(cache_dir, image_size, resize_filter)
+    remove_stale_temporaries(path.parent, prefix="omniglot_")  # a killed cache build's, on a hit too
     meta = _cache_meta(image_size, resize_filter, zip_fingerprint(zips))
     cached = _read_cache(path, meta, image_size)
     if cached is not None:
