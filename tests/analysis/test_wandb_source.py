@@ -14,7 +14,7 @@ from esmeta.analysis import make_tables
 from esmeta.analysis.load import load_results
 from esmeta.analysis.paper import load_manifest, load_paper_table
 from esmeta.analysis.tables import SPECS, build_table
-from esmeta.analysis.wandb_source import load_wandb
+from esmeta.analysis.wandb_source import FIGURE_KEYS, load_wandb
 
 FIXTURE = Path(__file__).parent / "fixtures" / "wandb_runs.json"
 ALLOWED = {"id", "name", "state", "config", "summary", "scan_history"}
@@ -99,6 +99,20 @@ def test_finished_esmeta_runs_become_rows_and_the_rest_are_reported() -> None:
         1.0, 0.01, 1024)
     assert runs.loc["a1s1xyz", "seed"] == 1 and runs.loc["a1s1xyz", "test_accuracy"] == 0.96
     assert runs.loc["a25coll", "status"] == "collapsed" and math.isnan(runs.loc["a25coll", "test_accuracy"])
+
+
+def test_an_out_of_range_summary_is_skipped_and_a_non_numeric_history_leaves_out_the_curve() -> None:
+    """As the local source: an edited W&B summary is never averaged in; a curve with a word in it is never drawn."""
+    api = FakeApi()
+    runs = {r["id"]: r for r in api.doc["runs"]}
+    runs["a1s1xyz"]["summary"]["test_accuracy"] = 7.5
+    next(row for row in runs["a1s0xyz"]["history"] if "val/accuracy" in row)["val/accuracy"] = "high"
+    results = load_wandb("me", "esmeta", api=api, history_keys=FIGURE_KEYS)
+    assert list(results.runs["run_id"]) == ["a1s0xyz", "a25coll"]
+    reasons = {s.run: s.reason for s in results.skipped}
+    assert reasons["a1s1xyz (table2-a1-s0.01-seed1)"].startswith("W&B summary: test_accuracy is 7.5, outside its range")
+    assert [s.reason for s in results.curveless] == ["W&B history row 1: val/accuracy is 'high', not a number"]
+    assert "a1s0xyz" not in set(results.curves["run_id"])
 
 
 def test_curves_are_the_full_per_epoch_history() -> None:
