@@ -71,7 +71,9 @@ def run(argv: list[str] | None) -> int:
     if overlap(args.results, args.out):
         raise cli.UsageError(f"--results {args.results} and --out {args.out} overlap: the archive would write into "
                              "its source or read its own copies; pass an --out outside --results")
-    cli.out_dir(args, "")  # writable, checked before anything is copied
+    cli.out_dir(args, "")  # writable, checked before anything is copied, and so must the rebuild's folders be:
+    for folder in ("tables", "figures"):  # copied runs are never left without their tables
+        cli.writable(args.out / folder, create=False)
     try:
         copied = archive_runs(args.results, args.out)
     except OSError as e:

@@ -86,17 +86,22 @@ def manifest(path: Path | None) -> dict[str, Entry]:
 
 def out_dir(args: argparse.Namespace, out_name: str) -> Path:
     """--out, or its default (see --help), created and checked writable (a UsageError otherwise)."""
-    from esmeta.errors import ConfigError
-    from esmeta.results import ensure_writable_dir
-
     if args.out is not None:
         out = args.out
     elif args.results is not None:
         out = args.results / out_name
     else:
         out = Path(f"wandb-{args.entity}-{args.project}") / out_name
+    return writable(out)
+
+
+def writable(out: Path, create: bool = True) -> Path:
+    """`out`, created (with `create=False`: only checked that it could be) and writable, else a UsageError."""
+    from esmeta.errors import ConfigError
+    from esmeta.results import ensure_writable_dir
+
     try:
-        ensure_writable_dir(out, "--out")
+        ensure_writable_dir(out, "--out", create=create)
     except ConfigError as e:
         raise UsageError(str(e).replace("set --out=", "pass --out ")) from None
     return out

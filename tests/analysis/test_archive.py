@@ -86,6 +86,18 @@ def test_runs_with_a_bad_metric_or_summary_are_not_archived_and_named(results_di
     assert (out / "figures" / "figure5.png").is_file() and "archived 1 run into" in err
 
 
+def test_an_archive_whose_tables_cannot_be_written_copies_nothing(results_dir: Path, make_run, tmp_path: Path,
+                                                                  capsys) -> None:
+    """Copied runs are never left beside stale tables: the rebuild's folders are checked before the first copy."""
+    make_run("a", val_curve=[0.5])
+    out = tmp_path / "archive"
+    out.mkdir()
+    (out / "tables").write_text("a file where the tables go")
+    assert archive.main(["--results", str(results_dir), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"archive: error: output directory {out / 'tables'} is not writable")
+    assert sorted(p.name for p in out.iterdir()) == ["tables"]
+
+
 def archived_runs(archive: Path = ARCHIVE) -> list[Path]:
     return sorted(p.parent for p in (REPO / archive).rglob("done"))
 
