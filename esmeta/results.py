@@ -63,7 +63,10 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
     `remove_stale_temporaries` leaves it alone); one a cleaner removed before the lock was taken is replaced."""
     while True:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks: written unlocked, and no cleaner can lock it either
+            return fd, tmp
         if os.fstat(fd).st_nlink:
             return fd, tmp
         os.close(fd)
