@@ -458,10 +458,11 @@ def _flat_layout(spec: TableSpec, paper: pd.DataFrame, cells: list[Cell], episod
 
 
 def _pivot_layout(spec: TableSpec, paper: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
-    """Table VII: a row per (configuration) and a pair of columns (ours, paper) per pivot value."""
+    """Table VII: a row per (configuration) and a pair of columns (ours, paper) per pivot value, in numeric order
+    (the paper's CSV lists its learning rates 5e-4, 5e-3, 1e-3, 1e-2)."""
     assert spec.pivot is not None
     keys = [c.key for c in spec.columns]
-    pivots = list(dict.fromkeys(paper[spec.pivot.key]))
+    pivots = sorted(dict.fromkeys(paper[spec.pivot.key]), key=lambda p: parse_number(str(p)))
     groups: dict[tuple, dict[str, tuple[str, str]]] = {}
     for (_, row), cell in zip(paper.iterrows(), cells):
         group = tuple(row[k] for k in keys)

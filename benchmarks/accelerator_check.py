@@ -30,7 +30,8 @@ from esmeta.protonet import init_params
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # The whole docstring: its first line alone stops mid-sentence ("JSON lines of").
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="every part shrunk to run on CPU in the test suite")
     parser.add_argument("--episodes", type=int, default=200, help="training episodes of the Table I row")
     parser.add_argument("--out", type=Path, default=None, help="where the Table I run is written (default: a temp dir)")

@@ -155,3 +155,12 @@ def test_profile_step_quick(tmp_path, omniglot32):
     for n, r in kernels.items():  # block 2's pixels x patch values, times n output columns
         assert (r["m"], r["k"]) == (100 * 16 * 16, 9 * 16) and r["share_of_matmul_peak"] > 0
         assert r["gflops"] == pytest.approx(2 * r["m"] * r["k"] * n / (r["ms"] / 1e3) / 1e9, rel=1e-2)
+
+
+def test_accelerator_check_help_says_every_check_and_option() -> None:
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "accelerator_check.py"), "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for part in ("check=throughput", "check=precision", "check=table1", "--episodes", "--quick", "--out"):
+        assert part in proc.stdout, f"accelerator_check.py --help does not mention {part}"
+    assert "`--quick` (the test suite, on CPU) shrinks every part" in proc.stdout  # the description's last sentence
