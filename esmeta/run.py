@@ -50,11 +50,25 @@ def config_from_omegaconf(cfg: DictConfig) -> Config:
     return from_mapping(raw)
 
 
+def sweep_needs_multirun(override: str) -> str:
+    """The one line for a sweep (a comma list, glob(...), range(...)) given without -m, whatever key it sweeps."""
+    key, _, value = override.partition("=")
+    line = f"{override} lists several values, which only a multirun runs: add -m (--multirun) for one job per value"
+    if "(" in value or sweeps.group_options(key.lstrip("+~").replace(".", "/")):  # glob(...), range(...), a group
+        return line
+    return f"{line}; for a single value that is a list write {key}=[{value}], for a string {key}='{value}'"
+
+
 def _hydra_error_message(e: Exception) -> str:
     """Condense Hydra's multi-line composition errors into one actionable line."""
+    import re
+
     from hydra.errors import MissingConfigException
 
     text = " ".join(str(e).split())
+    swept = re.match(r"(?:Ambiguous value for argument|Sweep parameters) '(.+?)'(?: requires --multirun)?", text)
+    if swept:
+        return sweep_needs_multirun(swept.group(1))
     if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
         group, _, name = e.missing_cfg_file.rpartition("/")
         return f"{group}={name} is not an option; choose one of: {', '.join(sorted(e.options))}"
@@ -130,6 +144,9 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
             complete = total <= sweeps.PRODUCT_LIMIT
             if not multirun:
                 variants = [list(overrides)]
+                swept = [o for o in parser.parse_overrides(list(overrides)) if o.is_sweep_override()]
+                if swept:
+                    raise ConfigError(sweep_needs_multirun(swept[0].input_line))
             elif complete:  # the whole product, in launch order
                 variants = sweeps.job_overrides(overrides, stored, loader)
             elif stored:  # too many to list: each value of the stored grid and of the command line once

@@ -175,7 +175,8 @@ def test_cli_bad_overrides_exit_2_with_one_line(tmp_path, overrides, fragment):
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["--help", "estimator=wsr,finite_diff"], "Ambiguous value for argument 'estimator=wsr,finite_diff'"),
+        (["--help", "estimator=wsr,finite_diff"], "estimator=wsr,finite_diff lists several values, which only a "
+                                                  "multirun runs: add -m (--multirun)"),
         (["--cfg", "job", "estimator=bogus"], "estimator=bogus is not an option; choose one of: backprop"),
         (["--cfg", "job", "task.wya=3"], "unknown setting task.wya"),
     ],
@@ -183,6 +184,18 @@ def test_cli_bad_overrides_exit_2_with_one_line(tmp_path, overrides, fragment):
 def test_hydras_own_flags_with_overrides_that_do_not_compose_exit_2_with_one_line(tmp_path, args, fragment):
     proc = run_cli(*args, cwd=tmp_path)
     assert_one_line_error(proc, fragment)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
+@pytest.mark.parametrize("override", ["alpha=1,10", "seed=0,1", "sigma=0.1,1", "model.channels=4,8",
+                                      "estimator=backprop,wsr", "point=glob(table2-*)"])
+def test_every_comma_list_without_multirun_says_add_multirun(tmp_path, override, dry):
+    """Plain values, a config group and a glob alike, run or dry run: the same one line (not OmegaConf's
+    'Unexpected type annotation ... ChoiceSweep'), exit 2, nothing written."""
+    proc = run_cli(*(["--dry-run"] if dry else []), override, cwd=tmp_path)
+    assert_one_line_error(proc, f"{override} lists several values, which only a multirun runs: add -m (--multirun)")
+    assert "ChoiceSweep" not in proc.stderr
     assert not list(tmp_path.iterdir())  # nothing written
 
 
