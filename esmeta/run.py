@@ -237,6 +237,8 @@ def _job(cfg: DictConfig) -> float | str | None:
     from esmeta.train import JobInfo, train
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # Hydra logs INFO; JAX's backend probing is noise
+    if _USER_ARGV is not None:  # Hydra has parsed its arguments: the command is recorded as the user typed it
+        sys.argv = list(_USER_ARGV)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -374,7 +376,7 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    global _started
+    global _started, _USER_ARGV
     _started = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--dry-run" in argv or "--estimate" in argv:  # list the jobs (and time them here: --estimate), run none
@@ -385,15 +387,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             fail(str(e))
         return
     overrides, multirun, passthrough = _split_argv(argv)
-    lock = None
+    lock, pinned = None, []
     try:
         if not passthrough:
-            lock = _preflight(overrides, multirun)
+            lock, out, multirun = _preflight(overrides, multirun)
+            pinned = [pin_directory(out, multirun)]
         elif overrides and not multirun:  # --help, --cfg job, ...: Hydra composes first; its errors become one line
             check_composes(overrides)
     except EsmetaError as e:
         fail(str(e))
-    sys.argv = [sys.argv[0], *argv]
+    _USER_ARGV = [sys.argv[0], *argv]
+    sys.argv = [*_USER_ARGV, *pinned]
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # (training itself first finishes its step and checkpoints)
     try:
         _job()
@@ -428,6 +432,19 @@ def _report_stop(stop: RunStopped, argv: Sequence[str], key: str, directory: str
     sys.exit(stop.exit_status)
 
 
+_USER_ARGV: list[str] | None = None  # the command as typed, without the pinned directory (what provenance records)
+
+
+def pin_directory(out: Path, multirun: bool) -> str:
+    """The override that hands Hydra the run (or sweep) directory the pre-run check resolved and locked: Hydra
+    would resolve `${now:...}` again, a second later perhaps, and write a second folder beside the locked one."""
+    import re
+
+    # Quoted, so that any path stays as is: backslashes are doubled only before a quote (Hydra's escaping rule).
+    text = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), str(out))
+    return f"hydra.{'sweep' if multirun else 'run'}.dir='{text}'"
+
+
 def check_composes(overrides: Sequence[str]) -> None:
     """A ConfigError if Hydra cannot compose these overrides (a bad group option, an unknown key, a comma
     list without -m); the values are not validated: `--cfg job` shows what a run would get, valid or not."""
@@ -440,8 +457,9 @@ def check_composes(overrides: Sequence[str]) -> None:
             raise ConfigError(_hydra_error_message(e)) from None
 
 
-def _preflight(overrides: Sequence[str], multirun: bool) -> Any:
-    """Check the command before Hydra writes anything; return the lock it holds on the run or sweep directory.
+def _preflight(overrides: Sequence[str], multirun: bool) -> tuple[Any, Path, bool]:
+    """Check the command before Hydra writes anything; return the lock it holds on the run or sweep directory,
+    that directory (its `${now:...}` resolved) and whether the command is a multirun (a stored sweep is one).
 
     A single run is checked whole (hardware, data, what its directory holds); a multirun's sweep directory is
     locked for the whole sweep, and each job is checked when it starts (a failure is that job's alone).
@@ -451,8 +469,8 @@ def _preflight(overrides: Sequence[str], multirun: bool) -> Any:
 
     configs, out, multirun = plan_command(overrides, multirun)
     if multirun:
-        return DirLock(out, "hydra.sweep.dir").acquire()
-    return preflight(configs[0], out)
+        return DirLock(out, "hydra.sweep.dir").acquire(), out, multirun
+    return preflight(configs[0], out), out, multirun
 
 
 if __name__ == "__main__":

@@ -41,11 +41,21 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, omniglot_root, omniglot32) -> Path:
-    """One tiny backprop run through the CLI (data preprocessed once by the omniglot32 fixture)."""
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    proc = run_cli(*TINY, f"hydra.run.dir={out}", cwd=tmp_path_factory.mktemp("cwd"))
+    """One tiny backprop run through the CLI (data preprocessed once by the omniglot32 fixture), into a directory
+    named to the microsecond: resolved twice, `${now:...}` would name two."""
+    parent = tmp_path_factory.mktemp("run")
+    proc = run_cli(*TINY, f"hydra.run.dir={parent}/tiny-" + "${now:%H-%M-%S-%f}", cwd=tmp_path_factory.mktemp("cwd"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return sorted(parent.iterdir())[0]
+
+
+def test_one_run_writes_one_folder_the_one_it_checked_and_locked(tiny_run):
+    """The pre-run check and Hydra use the same directory (not `${now}` resolved twice: a folder holding only
+    `.esmeta.lock` beside the real one); the recorded command is the one typed."""
+    assert list(tiny_run.parent.iterdir()) == [tiny_run]
+    assert (tiny_run / "done").exists() and (tiny_run / ".hydra" / "config.yaml").exists()
+    command = read_summary(tiny_run)["provenance"]["command"]
+    assert "${now:%H-%M-%S-%f}" in command and str(tiny_run) not in command
 
 
 def test_tiny_run_writes_a_complete_sane_summary(tiny_run):
@@ -139,9 +149,10 @@ def test_load_run_embeds_one_image_as_inside_a_batch(tiny_run, omniglot32):
 
 
 def test_two_job_multirun(tmp_path, omniglot32):
-    sweep = tmp_path / "sweep"
-    proc = run_cli("-m", *TINY, "train.epochs=1", "task.shot=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_cli("-m", *TINY, "train.epochs=1", "task.shot=1,2", f"hydra.sweep.dir={tmp_path}/sweep/" + "${now:%f}",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "sweep").iterdir()  # one sweep folder: the one checked and locked is the one Hydra uses
     summaries = [read_summary(p.parent) for p in sorted(sweep.glob("*/done"))]
     assert len(summaries) == 2
     assert sorted(s["config"]["task"]["shot"] for s in summaries) == [1, 2]
