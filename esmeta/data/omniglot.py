@@ -190,21 +190,30 @@ def _resample(resize_filter: str) -> Image.Resampling:
 _TRANSPOSES = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
 
 
+def _ink(img: Image.Image) -> Image.Image:
+    """A drawing (dark strokes on a light background) as mode "L" with ink = 255."""
+    # Convert mode "1" to "L" first: PIL resizes mode "1" with NEAREST whatever filter is asked.
+    return ImageOps.invert(img.convert("L"))
+
+
+def _resized(ink: Image.Image, image_size: int, resample: Image.Resampling) -> np.ndarray:
+    """An ink image resized to uint8 (S, S)."""
+    return np.asarray(ink.resize((image_size, image_size), resample))
+
+
 def _preprocess_png(data: bytes, image_size: int, resample: Image.Resampling) -> np.ndarray:
     """One PNG -> uint8 (4, S, S), its four rotations, ink = 255, rotated at 105x105 then resized."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             size = img.size
-            # Convert mode "1" to "L" first: PIL resizes mode "1" with NEAREST whatever filter is asked.
-            ink = ImageOps.invert(img.convert("L"))
+            ink = _ink(img)
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for undecodable images
         raise DataError(f"an Omniglot PNG cannot be decoded ({err}); replace the zips with the official ones") from err
     if size != (SOURCE_SIZE, SOURCE_SIZE):
         raise DataError(f"an Omniglot PNG is {size}, expected 105x105; replace the zips with the official ones")
     out = np.empty((len(ROTATIONS), image_size, image_size), np.uint8)
     for k, transpose in enumerate(_TRANSPOSES):
-        rotated = ink if transpose is None else ink.transpose(transpose)
-        out[k] = np.asarray(rotated.resize((image_size, image_size), resample))
+        out[k] = _resized(ink if transpose is None else ink.transpose(transpose), image_size, resample)
     return out
 
 
@@ -344,3 +353,4 @@ def load_omniglot(
     data = _preprocess(zips, image_size, resize_filter)
     _write_cache(path, data, meta)
     return data
+
