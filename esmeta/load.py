@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import serialization
 
 from esmeta.checkpoint import PARAM_FILES, sha256
 from esmeta.config import Config, from_mapping
 from esmeta.data.episodes import to_float
+from esmeta.data.omniglot import prepare_images
 from esmeta.errors import DataError, EsmetaError
 from esmeta.protonet import BatchStats, Params, embed, init_batch_stats, init_params
 from esmeta.results import BATCH_STATS, DONE, PARAMS, SUMMARY, read_finished_summary
@@ -45,12 +48,28 @@ class LoadedRun:
     summary: dict
     embed: Callable[[jax.Array], jax.Array]
 
+    def prepare(self, images: Any, dark_ink: bool = True) -> np.ndarray:
+        """Your own drawings (PNG bytes, PIL images or arrays) as `embed`'s input, made as this run's training images
+        were (its data.image_size and data.resize_filter; see `esmeta.data.prepare_images`)."""
+        return prepare_images(images, self.config.data.image_size, self.config.data.resize_filter, dark_ink)
+
+
+def check_image_shape(shape: tuple[int, ...], size: int) -> None:
+    """A one-line DataError unless `shape` is (n, size, size) or (n, size, size, 1): the model takes any size, but
+    only the trained one means anything (a 32-pixel model gives (n, 64) at 28 pixels and (n, 2304) at 105)."""
+    if len(shape) in (3, 4) and tuple(shape[1:3]) == (size, size) and shape[3:] in ((), (1,)):
+        return
+    raise DataError(f"embed takes images of this run's size, (n, {size}, {size}) uint8 or (n, {size}, {size}, 1) "
+                    f"float, got shape {tuple(shape)}; make them with run.prepare(images) (PNG bytes, PIL images "
+                    "or arrays, resized as the training data was)")
+
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Load `run_dir` (a completed run's output directory, with its `done` marker and checksummed parameters).
 
     `embed(images)` takes images as the training preprocessing produces them: uint8 (n, S, S) with
-    255 = ink (a slice of `load_omniglot(...).images`), or float32 (n, S, S, 1) in [0, 1]. Batch norm as
+    255 = ink (a slice of `load_omniglot(...).images`, or `prepare(your images)`), or float32 (n, S, S, 1) in
+    [0, 1]; another size S is refused in one line. Batch norm as
     the run was tested: under model.norm_stats=running (the default) with the run's running averages, so
     each image's embedding is its own (embed one image or many alike); under `episode` or `support` with
     the statistics of all the images passed in: embed a whole episode (support and query) at once.
@@ -83,6 +102,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
     def embed_images(images) -> jax.Array:
         images = jnp.asarray(images)
+        check_image_shape(images.shape, config.data.image_size)
         if images.dtype == jnp.uint8:
             images = to_float(images)
         return _embed(images)

@@ -16,6 +16,7 @@ import pytest
 
 import esmeta
 from esmeta.data import sample_episode, split_classes
+from esmeta.errors import DataError
 from esmeta.protonet import loss_and_accuracy, prototypes, similarity
 from esmeta.results import read_metrics, read_summary
 
@@ -131,6 +132,22 @@ def test_load_run_embeds_like_training(tiny_run, omniglot32):
     # uint8 images straight from the preprocessed array are accepted too.
     uint8 = omniglot32.images[split["test"][:3], 0]
     assert run.embed(uint8).shape == (3, 32)
+
+
+def test_load_run_refuses_another_image_size_and_prepares_a_users_own(tiny_run, omniglot_root, omniglot32):
+    """A 32-pixel model given 28- or 105-pixel images is refused in one line (not (2, 32) or (2, 1152) vectors of
+    nothing); `run.prepare` makes a user's PNG the training images' way, so it embeds as the training image."""
+    run = esmeta.load_run(tiny_run)
+    for shape in [(2, 28, 28), (2, 105, 105), (32, 32), (2, 32, 32, 3)]:
+        with pytest.raises(DataError, match=re.escape(f"got shape {shape}; make them with run.prepare(images)")) as err:
+            run.embed(np.zeros(shape, np.uint8))
+        assert "\n" not in str(err.value) and "(n, 32, 32) uint8" in str(err.value)
+    with zipfile.ZipFile(omniglot_root / "images_background.zip") as zf:
+        first = sorted(n for n in zf.namelist() if "/Alphabet_of_the_Magi/character01/" in n)[0]
+        png = zf.read(first)
+    mine = run.prepare([png])
+    np.testing.assert_array_equal(mine, omniglot32.images[0, :1])
+    np.testing.assert_array_equal(run.embed(mine), run.embed(omniglot32.images[0, :1]))
 
 
 def test_load_run_embeds_one_image_as_inside_a_batch(tiny_run, omniglot32):

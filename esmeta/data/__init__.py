@@ -20,6 +20,7 @@ from esmeta.data.omniglot import (
     default_data_root,
     load_omniglot,
     locate_zips,
+    prepare_images,
 )
 from esmeta.data.splits import PAPER_SPLIT_SIZES, SPLITS, split_classes, split_sizes
 
@@ -40,6 +41,7 @@ __all__ = [
     "episode_labels",
     "load_omniglot",
     "locate_zips",
+    "prepare_images",
     "sample_episode",
     "sample_episode_indices",
     "split_classes",

@@ -27,7 +27,7 @@ import platformdirs
 from PIL import Image, ImageOps
 
 from esmeta.config import IMAGES_PER_CLASS, RESIZE_FILTERS
-from esmeta.errors import ConfigError, DataError
+from esmeta.errors import ConfigError, DataError, first_line
 from esmeta.results import atomic_writer, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -354,3 +354,52 @@ def load_omniglot(
     _write_cache(path, data, meta)
     return data
 
+
+# --------------------------------------------------------------------------- a user's own images
+
+
+def _as_pil(image: Any, dark_ink: bool) -> Image.Image:
+    """One drawing (PNG or other image bytes, a PIL image, or a 2-D array of pixels) as an ink image ("L", ink = 255)."""
+    if isinstance(image, (bytes, bytearray)):
+        try:
+            with Image.open(io.BytesIO(image)) as img:
+                img.load()
+                image = img.copy()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"image bytes cannot be decoded ({first_line(err)}); pass PNG or JPEG bytes") from None
+    if not isinstance(image, Image.Image):
+        pixels = np.asarray(image)
+        if pixels.ndim != 2:
+            raise DataError(f"an image array must be 2-D (height, width) of grey pixels, got shape {pixels.shape}; "
+                            "pass a colour image as a PIL image or its PNG bytes")
+        if pixels.dtype.kind == "f":
+            if not (np.all(np.isfinite(pixels)) and pixels.min() >= 0.0 and pixels.max() <= 1.0):
+                raise DataError("a float image array must hold values in [0, 1] (1 = white); scale it, or pass uint8")
+            pixels = np.round(pixels * 255.0).astype(np.uint8)
+        elif pixels.dtype.kind in "iu" and pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+            raise DataError(f"an integer image array must hold values in 0-255, got {pixels.min()}-{pixels.max()}")
+        elif pixels.dtype.kind not in "biuf":
+            raise DataError(f"an image array of dtype {pixels.dtype} is not an image; pass uint8, bool or float pixels")
+        image = Image.fromarray(pixels if pixels.dtype == bool else pixels.astype(np.uint8))
+    return _ink(image) if dark_ink else image.convert("L")
+
+
+def prepare_images(images: Any, image_size: int, resize_filter: str = "antialias", dark_ink: bool = True) -> np.ndarray:
+    """A user's own drawings as the model's input: uint8 (n, S, S), ink = 255, made exactly as the training images
+    (grey, inverted, resized by `resize_filter`; `load_run(...).prepare` passes the run's size and filter).
+
+    `images`: one image or a sequence; each PNG/JPEG bytes, a PIL image, or a 2-D array of pixels (uint8 0-255,
+    bool, or float in [0, 1]); a 3-D array is n images. `dark_ink`: dark strokes on a light background, as in
+    Omniglot's PNGs (False: the ink is already bright, e.g. MNIST-style arrays).
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+    if resize_filter not in RESIZE_FILTERS:
+        raise ConfigError(f"unknown resize_filter {resize_filter!r}; choose one of: {', '.join(RESIZE_FILTERS)}")
+    if isinstance(images, (bytes, bytearray, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 2):
+        images = [images]
+    resample = _resample(resize_filter)
+    out = [_resized(_as_pil(image, dark_ink), int(image_size), resample) for image in images]
+    if not out:
+        raise DataError("no images given; pass one image or a sequence of them")
+    return np.stack(out)

@@ -331,3 +331,40 @@ def test_an_explicit_missing_data_root_is_not_created(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nonexistent"):
         omniglot.locate_zips(root, download=True)
     assert not (tmp_path / "nonexistent").exists()
+
+
+# --------------------------------------------------------------------------- a user's own images
+
+
+def test_prepare_images_makes_a_users_drawing_exactly_as_the_training_images(omniglot_root: Path,
+                                                                             omniglot32: Omniglot) -> None:
+    """The first Omniglot PNG, handed over as bytes, a PIL image, or its pixels (bool, uint8, float), becomes the
+    cache's first image bit for bit: the same conversion, inversion and resize as training."""
+    with zipfile.ZipFile(omniglot_root / "images_background.zip") as zf:
+        entries = sorted(n for n in zf.namelist() if "/Alphabet_of_the_Magi/character01/" in n)
+        data = zf.read(entries[0])
+    pil = Image.open(io.BytesIO(data))
+    forms = [data, pil, np.asarray(pil), np.asarray(pil.convert("L")), np.asarray(pil, np.float32)]
+    prepared = omniglot.prepare_images(forms, 32)
+    assert prepared.shape == (5, 32, 32) and prepared.dtype == np.uint8
+    for got in prepared:
+        np.testing.assert_array_equal(got, omniglot32.images[0, 0])
+    np.testing.assert_array_equal(omniglot.prepare_images(data, 32)[0], omniglot32.images[0, 0])  # one image
+    bright = omniglot.prepare_images(255 - np.asarray(pil.convert("L")), 32, dark_ink=False)
+    np.testing.assert_array_equal(bright[0], omniglot32.images[0, 0])
+
+
+@pytest.mark.parametrize(
+    ("images", "fragment"),
+    [
+        (b"not an image", "image bytes cannot be decoded"),
+        ([np.zeros((2, 3, 4, 5))], "must be 2-D (height, width)"),
+        ([np.full((4, 4), 2.0)], "float image array must hold values in [0, 1]"),
+        ([np.full((4, 4), 300)], "must hold values in 0-255"),
+        ([], "no images given"),
+    ],
+)
+def test_prepare_images_refuses_what_is_not_a_drawing_in_one_line(images, fragment: str) -> None:
+    with pytest.raises(DataError, match=re.escape(fragment)) as err:
+        omniglot.prepare_images(images, 32)
+    assert "\n" not in str(err.value)
