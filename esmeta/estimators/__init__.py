@@ -3,20 +3,23 @@
 Public constructors (each validates its own arguments; one-line `ConfigError`s):
 
     wsr(loss_fn, *, sigma, population, ...)   Sheng & He's weighted standard rewards (an OpenAI-ES)
-    finite_diff(loss_fn, *, population, ...)  finite differences as an ES population
+    finite_diff(loss_fn, *, coordinates, ...) finite differences probing `coordinates` coordinates a step
     forward_mode(loss_fn, *, chunk_size=0)    the exact gradient by jvps
     backprop(loss_fn)                         the exact gradient by jax.grad
 
 Each builds its estimator's own typed config (`esmeta.config.WsrConfig`, ..., which validates itself) and
 hands it to the factory that the training loop reaches through `make_estimator(EstimatorConfig, sigma, ...)`,
 so a constructor's estimate is the training loop's estimate. `loss_fn(params, batch)` must be a jittable JAX
-function returning a scalar; the optimizer step uses -g (g ascends the fitness).
+function returning a float scalar and `params` a pytree of float arrays: a constructor's estimate checks both at
+its first call (one-line ConfigError). The optimizer step uses -g (g ascends the fitness).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from esmeta.config import (
@@ -31,7 +34,7 @@ from esmeta.config import (
 )
 from esmeta.errors import ConfigError
 from esmeta.estimators.backprop import make_backprop
-from esmeta.estimators.base import EstimateFn, LossFn, fitness_from_loss
+from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_from_loss
 from esmeta.estimators.finite_diff import make_finite_diff
 from esmeta.estimators.forward_mode import make_forward_mode
 from esmeta.estimators.wsr import make_wsr
@@ -50,6 +53,7 @@ __all__ = [
     "EstimateFn",
     "LossFn",
     "backprop",
+    "check_loss_and_params",
     "finite_diff",
     "fitness_from_loss",
     "forward_mode",
@@ -76,28 +80,61 @@ def _build(own: OwnConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> E
     return ESTIMATORS[own.NAME](own, loss_fn, mesh, shards)
 
 
-def _population(population: int, shards: int) -> int:
-    """Candidates per shard of `population` candidates over `shards` shards; a one-line error unless it divides."""
-    for key, value in (("population", population), ("shards", shards)):
+def _population(population: int, shards: int, name: str = "population") -> int:
+    """Candidates (or, for finite_diff, coordinates) per shard of `population` over `shards` shards; a one-line error
+    unless it divides. `name`: the argument's name in the messages."""
+    for key, value in ((name, population), ("shards", shards)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key}={value!r} must be a positive integer")
     if population % shards:
         raise ConfigError(
-            f"population={population} must be a multiple of shards={shards} (each shard runs population / shards "
-            f"candidates); use e.g. population={max(shards, population - population % shards)}"
+            f"{name}={population} must be a multiple of shards={shards} (each shard runs {name} / shards "
+            f"of them); use e.g. {name}={max(shards, population - population % shards)}"
         )
     return population // shards
 
 
-def _argument_names(population: int = 0, shards: int = 1) -> Namer:
+def _argument_names(population: int = 0, shards: int = 1, name: str = "population") -> Namer:
     """A constructor's messages name its keyword arguments, not the config's dotted settings."""
-    per_shard = f"population / shards ({population} / {shards})" if shards > 1 else "population"
+    per_shard = f"{name} / shards ({population} / {shards})" if shards > 1 else name
     return lambda key: per_shard if key == "pop_per_shard" else key
 
 
 def _constructed(own: OwnConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int, name: Namer) -> EstimateFn:
     own.validate(shards, name)
-    return _build(own, loss_fn, mesh, shards)
+    return _checked_at_first_call(_build(own, loss_fn, mesh, shards), loss_fn, own.NAME)
+
+
+def check_loss_and_params(loss_fn: LossFn, params: Params, batch: Batch, who: str) -> None:
+    """A one-line ConfigError unless every parameter leaf is a float array and `loss_fn(params, batch)` is a float
+    scalar: otherwise wsr fails to reshape, finite_diff to broadcast, and an integer leaf silently gets g = 0."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ConfigError(
+                f"{who}: params{jax.tree_util.keystr(path)} is {dtype}; the estimators perturb and differentiate float "
+                "parameters only (it would get a zero gradient): make it float32, or close over it in loss_fn")
+    out = jax.eval_shape(loss_fn, params, batch)  # traced only: nothing is computed
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        got = f"shape {shape} {dtype}" if shape is not None else f"a {type(out).__name__}"
+        raise ConfigError(f"{who}: loss_fn(params, batch) returns {got}, not a float scalar; the estimators need one "
+                          "loss per candidate: reduce it in loss_fn (e.g. jnp.mean), and return no auxiliary outputs")
+
+
+def _checked_at_first_call(estimate: EstimateFn, loss_fn: LossFn, who: str) -> EstimateFn:
+    """`estimate`, which checks the loss and the parameters (`check_loss_and_params`) once, at its first call (under
+    jit: when traced); the training loop's estimators (make_estimator) skip it, their loss and parameters are known."""
+    checked = False
+
+    def checked_estimate(key: jax.Array, params: Params, batch: Batch) -> tuple[Params, dict[str, jax.Array]]:
+        nonlocal checked
+        if not checked:
+            check_loss_and_params(loss_fn, params, batch, who)
+            checked = True
+        return estimate(key, params, batch)
+
+    return checked_estimate
 
 
 def wsr(
@@ -125,20 +162,27 @@ def wsr(
 def finite_diff(
     loss_fn: LossFn,
     *,
-    population: int,
+    coordinates: int | None = None,
     sigma: float = 1e-3,
     central: bool = False,
     shards: int = 1,
     mesh: Mesh | None = None,
     eval_mode: str = "auto",
     chunk_size: int = 0,
+    population: int | None = None,
 ) -> EstimateFn:
-    """Finite differences probing `population` coordinates (all when >= the parameter count) with nudge `sigma`."""
+    """Finite differences probing `coordinates` coordinates a step (all when >= the parameter count; a random subset
+    otherwise) with nudge `sigma`. A step evaluates coordinates + shards candidates (each shard's mu too), or
+    2 x coordinates when `central`. `population` is the former name of `coordinates`, still accepted."""
+    if (coordinates is None) == (population is None):
+        raise ConfigError("finite_diff takes coordinates=N, the coordinates probed a step (population=N is its older "
+                          f"name); got coordinates={coordinates!r}, population={population!r}")
+    name, count = ("coordinates", coordinates) if population is None else ("population", population)
     own = FiniteDiffConfig(
-        sigma=sigma, pop_per_shard=_population(population, shards), central=central, eval_mode=eval_mode,
+        sigma=sigma, pop_per_shard=_population(count, shards, name), central=central, eval_mode=eval_mode,
         chunk_size=chunk_size,
     )
-    return _constructed(own, loss_fn, mesh, shards, _argument_names(population, shards))
+    return _constructed(own, loss_fn, mesh, shards, _argument_names(count, shards, name))
 
 
 def forward_mode(loss_fn: LossFn, *, chunk_size: int = 0) -> EstimateFn:

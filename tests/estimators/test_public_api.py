@@ -63,7 +63,7 @@ SAME = {  # constructor call -> the make_estimator call it must equal
         ),
     ),
     "finite_diff": (
-        lambda loss: es.finite_diff(loss, population=6, shards=2, sigma=1e-2, central=True),
+        lambda loss: es.finite_diff(loss, coordinates=6, shards=2, sigma=1e-2, central=True),
         lambda loss: es.make_estimator(
             EstimatorConfig(name="finite_diff", pop_per_shard=3, fd_sigma=1e-2, central=True), 0.0, loss, None, 2
         ),
@@ -122,6 +122,10 @@ BAD = [  # (constructor, kwargs, what the one-line message must say)
     (es.wsr, {"sigma": 0.1, "population": 8, "mesh": "gpu"}, "mesh='gpu' must be a jax.sharding.Mesh"),
     (es.finite_diff, {"population": 8, "sigma": 0.0}, "sigma=0 must be positive"),
     (es.finite_diff, {"population": 9, "shards": 2}, "population=9 must be a multiple of shards=2"),
+    (es.finite_diff, {"coordinates": 9, "shards": 2}, "coordinates=9 must be a multiple of shards=2"),
+    (es.finite_diff, {"coordinates": 0}, "coordinates=0 must be a positive integer"),
+    (es.finite_diff, {}, "finite_diff takes coordinates=N, the coordinates probed a step"),
+    (es.finite_diff, {"coordinates": 4, "population": 4}, "finite_diff takes coordinates=N"),
     (es.finite_diff, {"population": 4, "central": "yes"}, "central='yes' must be true or false"),
     (es.forward_mode, {"chunk_size": -2}, "chunk_size=-2 must be at least 0"),
     (es.forward_mode, {"chunk_size": 2.5}, "chunk_size=2.5 must be an integer"),
@@ -172,3 +176,52 @@ def test_one_rule_for_config_and_constructor():
     rule = "must be at least 2 for wsr (a lone candidate's shaped fitness is 0: a zero update)"
     assert rule in str(config_error.value) and rule in str(constructor_error.value)
     from_mapping(raw | {"hardware": {"shards": 2}})  # two shards of one candidate, z-scored globally: valid
+
+
+CONSTRUCTORS = {
+    "wsr": lambda loss: es.wsr(loss, sigma=0.1, population=8, shards=2),
+    "finite_diff": lambda loss: es.finite_diff(loss, coordinates=6),
+    "forward_mode": lambda loss: es.forward_mode(loss),
+    "backprop": lambda loss: es.backprop(loss),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("name", CONSTRUCTORS)
+def test_a_loss_that_is_not_a_scalar_is_refused_in_one_line_at_the_first_call(name, jit):
+    """Not wsr's "cannot reshape array of shape (8, 3)" nor finite_diff's "incompatible shapes for broadcasting"."""
+    def vector_loss(params, batch):
+        return jnp.ones((8, 3)) * quadratic_loss(params, batch)
+
+    estimate = CONSTRUCTORS[name](vector_loss)
+    with pytest.raises(ConfigError) as info:
+        (jax.jit(estimate) if jit else estimate)(jax.random.key(0), MU, 0.3)
+    text = str(info.value)
+    assert text.startswith(f"{name}: loss_fn(params, batch) returns shape (8, 3) float32, not a float scalar")
+    assert "jnp.mean" in text and "\n" not in text
+
+
+@pytest.mark.parametrize("name", CONSTRUCTORS)
+def test_an_integer_parameter_leaf_is_refused_not_given_a_zero_gradient(name):
+    params = {**MU, "steps": jnp.int32(3)}
+    with pytest.raises(ConfigError, match=re.escape(f"{name}: params['steps'] is int32; the estimators perturb")):
+        CONSTRUCTORS[name](quadratic_loss)(jax.random.key(0), params, 0.3)
+
+
+def test_the_loss_and_parameters_are_checked_once_at_the_first_call(monkeypatch):
+    calls = []
+    monkeypatch.setattr(es, "check_loss_and_params", lambda *args: calls.append(args[-1]))
+    estimate = es.wsr(quadratic_loss, sigma=0.1, population=4)
+    for i in range(3):
+        estimate(jax.random.key(i), MU, 0.3)
+    assert calls == ["wsr"]
+
+
+def test_finite_diff_counts_coordinates_probed_and_population_is_that_count_by_its_old_name():
+    """coordinates=6 probes 6 coordinates: 7 candidates a step (mu too); population=6 is the same estimator."""
+    key = jax.random.key(4)
+    g, metrics = es.finite_diff(quadratic_loss, coordinates=6)(key, MU, 0.3)
+    g_old, metrics_old = es.finite_diff(quadratic_loss, population=6)(key, MU, 0.3)
+    assert int(metrics["candidates"]) == 7 == int(metrics_old["candidates"])
+    assert int(np.count_nonzero(flat(g))) == 6
+    np.testing.assert_array_equal(flat(g), flat(g_old))
