@@ -51,5 +51,13 @@ def epoch_line(record: dict[str, float], total: int, epochs: int, elapsed: float
     return (
         f"epoch {record['epoch']}/{epochs} | episode {record['episode']}/{total} | "
         f"train loss {record['train/loss']:.4f} | val accuracy {'-' if val is None else f'{val:.4f}'} | "
-        f"{record['es/candidates_per_s']:.1f} candidates/s | elapsed {_clock(elapsed)} | ETA {_clock(eta)}"
+        f"{_rate(record)} | elapsed {_clock(elapsed)} | ETA {_clock(eta)}"
     )
+
+
+def _rate(record: dict[str, float]) -> str:
+    """The pace that means something for the estimator: candidates/s for a population, else episodes/s."""
+    key, unit = ("es/candidates_per_s", "candidates/s") if "es/candidates_per_s" in record else \
+        ("train/episodes_per_s", "episodes/s")
+    value = record.get(key, math.nan)
+    return f"{value:.1f} {unit}" if math.isfinite(value) else f"- {unit}"

@@ -221,7 +221,7 @@ def _override_key(override: str) -> str:
 def epoch_row(record: dict[str, float]) -> dict[str, float]:
     """An epoch's record as a W&B row: its means of per-step metrics renamed `epoch/<name>`, so that they do
     not overwrite the last step's own `train/loss` etc. (both rows share the episode count as their step)."""
-    per_epoch = ("epoch", "episode", "val/accuracy", "wall_time_s", "es/candidates_per_s")
+    per_epoch = ("epoch", "episode", "val/accuracy", "wall_time_s", "es/candidates_per_s", "train/episodes_per_s")
     return {(k if k in per_epoch else f"epoch/{k.replace('/', '_')}"): v for k, v in record.items()}
 
 

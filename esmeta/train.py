@@ -247,6 +247,7 @@ class Setup:
     train_key: jax.Array
     test_key: jax.Array
     num_params: int
+    population: bool = True  # a population estimator (wsr, finite_diff): candidates/s and fitness statistics mean something
 
 
 def split_images(config: Config) -> dict[str, jax.Array]:
@@ -280,7 +281,7 @@ def build(config: Config, run: Config, mesh: Any, shards: int, images: dict[str,
                                                   shards if e.shard_episodes == "own" else 0),
         validate_fn=validate_fn, eval_metrics=eval_metrics,
         state=(params, optimizer.init(params), init_batch_stats(params)),
-        train_key=train_key, test_key=test_key, num_params=num_params(params),
+        train_key=train_key, test_key=test_key, num_params=num_params(params), population=e.is_es,
     )
 
 
@@ -290,10 +291,13 @@ def end_epoch(progress: checkpoint.Progress, params: Any, running: Any, setup: S
     """Close an epoch whose step metrics are in `progress.window`: log them, validate, write the epoch's record.
     Returns (the record, whether the mean parameters are finite)."""
     first = progress.step - len(progress.window) + 1
+    dropped = {"es/candidates"} if setup.population else {"es/candidates", *EXACT_DROPPED}
     for i, row in enumerate(progress.window):
-        tracker.log({k: v for k, v in row.items() if k != "es/candidates"}, step=first + i)
+        tracker.log({k: v for k, v in row.items() if k not in dropped}, step=first + i)
     record = _mean_metrics(progress.window)
-    record["es/candidates_per_s"] = record.pop("es/candidates", 1.0) * epoch_steps / epoch_seconds
+    candidates = record.pop("es/candidates", 1.0)
+    record = {k: v for k, v in record.items() if k not in dropped}
+    record.update(epoch_rates(candidates, epoch_steps, epoch_seconds, setup.population))
     finite = all_finite(params)
     if setup.validate_fn is not None and finite:
         val_acc = float(jnp.mean(setup.validate_fn(params, running)))
@@ -306,6 +310,20 @@ def end_epoch(progress: checkpoint.Progress, params: Any, running: Any, setup: S
     progress.records.append(record)
     progress.window = []
     return record, finite
+
+
+# An exact gradient (backprop, forward_mode) evaluates one candidate, mu: its fitness statistics are -loss, 0, -loss.
+EXACT_DROPPED = ("es/fitness_mean", "es/fitness_std", "es/fitness_max")
+
+
+def epoch_rates(candidates: float, steps: int, seconds: float, population: bool) -> dict[str, float]:
+    """An epoch's pace over `steps` steps taking `seconds` (compilation left out): episodes/s for every estimator,
+    candidates/s for the population ones (for which it is what the hardware does); nan when no step was timed."""
+    episodes_per_s = steps / seconds if steps and seconds > 0 else float("nan")
+    rates = {"train/episodes_per_s": episodes_per_s}
+    if population:
+        rates["es/candidates_per_s"] = candidates * episodes_per_s
+    return rates
 
 
 def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Progress, accuracies: np.ndarray,
@@ -362,6 +380,9 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     cpu_start = time.process_time()
     run = scaled(config)  # what executes: the scale's caps applied (config keeps the requested values)
     t = run.task
+    if writer:  # without a terminal, the job's .log would show nothing until the first epoch ends
+        log.info("preparing the data (Omniglot at %d px, split %s) and the %s estimator", config.data.image_size,
+                 config.data.split, run.estimator.name)
     setup = build(config, run, mesh, shards, split_images(config))
     state, progress = setup.state, checkpoint.Progress()
     if saved is not None:
@@ -458,6 +479,7 @@ def train_loop(config: Config, setup: Setup, state: tuple[Any, Any, Any], progre
     pending: list[dict[str, jax.Array]] = []  # device metrics not yet pulled to the host
     epoch_t0, epoch_steps = time.perf_counter(), 0
     loop_t0, loop_step0 = epoch_t0, progress.step  # this process's pace, for the ETA
+    compiled = False  # this process's first step compiles the step; rates and the ETA leave it out
 
     def pull() -> None:  # one host transfer for the steps since the last one
         progress.window.extend({k: float(v) for k, v in m.items()} for m in jax.device_get(pending))
@@ -477,11 +499,20 @@ def train_loop(config: Config, setup: Setup, state: tuple[Any, Any, Any], progre
     try:
         with StopRequests() as stops:
             while progress.step < total:
+                if not compiled and out.enabled:
+                    log.info("compiling the training step (the first step; minutes for a large population on a CPU)")
                 params, opt_state, running, m = setup.train_step(
                     params, opt_state, running, jax.random.fold_in(setup.train_key, progress.step)
                 )
                 pending.append(m)
                 progress.step, epoch_steps = progress.step + 1, epoch_steps + 1
+                if not compiled:  # wait for it (a sync, no other change), then time only what follows
+                    jax.block_until_ready(m)
+                    compiled = True
+                    if out.enabled:
+                        log.info("compiled and ran the first step in %.1f s", time.perf_counter() - loop_t0)
+                    epoch_t0, epoch_steps = time.perf_counter(), 0
+                    loop_t0, loop_step0 = epoch_t0, progress.step
                 bar.update(1)
                 if progress.step % epe == 0:  # end of an epoch: log, validate, check for collapse and budget
                     pull()
@@ -490,7 +521,8 @@ def train_loop(config: Config, setup: Setup, state: tuple[Any, Any, Any], progre
                     epoch_t0, epoch_steps = time.perf_counter(), 0
                     bar.update(0, loss=record["train/loss"], val=progress.val_acc)
                     if out.enabled:
-                        pace = (time.perf_counter() - loop_t0) / (progress.step - loop_step0)
+                        timed = progress.step - loop_step0
+                        pace = (time.perf_counter() - loop_t0) / timed if timed else float("nan")
                         log.info(epoch_line(record, total, config.train.epochs, elapsed(), pace * (total - progress.step)))
                     if not finite or not math.isfinite(record["train/loss"]):
                         # Non-finite mean parameters never recover; a whole epoch of non-finite losses neither.

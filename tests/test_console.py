@@ -18,6 +18,14 @@ def test_an_epoch_without_validation_or_a_known_eta_says_so_instead_of_a_number(
     assert "val accuracy - |" in line and line.endswith("elapsed 0:00:00 | ETA ?")
 
 
+def test_an_exact_gradient_shows_episodes_per_second_and_an_untimed_epoch_a_dash():
+    """backprop and forward_mode record no candidates/s (one candidate, mu: it was 0.8 "candidates/s")."""
+    exact = {k: v for k, v in RECORD.items() if k != "es/candidates_per_s"} | {"train/episodes_per_s": 12.34}
+    assert "| 12.3 episodes/s |" in epoch_line(exact, total=1000, epochs=10, elapsed=1.0, eta=1.0)
+    untimed = {**RECORD, "es/candidates_per_s": math.nan}
+    assert "| - candidates/s |" in epoch_line(untimed, total=1000, epochs=10, elapsed=1.0, eta=1.0)
+
+
 def test_the_bar_is_off_when_asked_and_off_the_terminal_by_default(capsys):
     for mode in ("off", "auto"):  # pytest's stderr is not a terminal
         bar = ProgressBar(10, mode)

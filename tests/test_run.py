@@ -50,6 +50,13 @@ def tiny_run(tmp_path_factory, omniglot_root, omniglot32) -> Path:
     return sorted(parent.iterdir())[0]
 
 
+def test_an_exact_gradient_records_episodes_per_second_and_no_fitness_statistics(tiny_run):
+    """backprop's one candidate (mu) has fitness -loss, std 0: no es/fitness_* and no candidates/s are recorded."""
+    for record in read_metrics(tiny_run):
+        assert record["train/episodes_per_s"] > 0 and "es/candidates_per_s" not in record
+        assert not [k for k in record if k.startswith("es/fitness_")] and "es/grad_norm" in record
+
+
 def test_one_run_writes_one_folder_the_one_it_checked_and_locked(tiny_run):
     """The pre-run check and Hydra use the same directory (not `${now}` resolved twice: a folder holding only
     `.esmeta.lock` beside the real one); the recorded command is the one typed."""
@@ -93,15 +100,23 @@ def test_tiny_run_logs_one_line_per_epoch(tiny_run):
 
 
 def test_tiny_run_tells_its_story_in_the_job_log(tiny_run):
-    """stderr a pipe (no terminal, no bar): Hydra's job log holds one progress line per epoch and the result."""
+    """stderr a pipe (no terminal, no bar): Hydra's job log says what happens before the first epoch (data,
+    compilation), then holds one progress line per epoch, with backprop's rate in episodes/s, and the result."""
     log = (tiny_run / "run.log").read_text()  # <hydra.run.dir>/<job name>.log, written by Hydra's file handler
     epochs = re.findall(
         r"\[esmeta\.train\]\[INFO\] - epoch (\d)/3 \| episode (\d+)/60 \| train loss (\S+) \| "
-        r"val accuracy (0\.\d{4}|1\.0000) \| (\d+\.\d) candidates/s \| elapsed \d+:\d\d:\d\d \| ETA (\d+:\d\d:\d\d)",
+        r"val accuracy (0\.\d{4}|1\.0000) \| (\d+\.\d) episodes/s \| elapsed \d+:\d\d:\d\d \| ETA (\d+:\d\d:\d\d)",
         log,
     )
     assert [(e[0], e[1]) for e in epochs] == [("1", "20"), ("2", "40"), ("3", "60")], log
     assert all(float(e[4]) > 0 for e in epochs) and epochs[-1][5] == "0:00:00"
+    assert "candidates/s" not in log  # backprop evaluates no population
+    before = log[: log.index("epoch 1/3")]
+    assert "[esmeta.train][INFO] - preparing the data (Omniglot at 32 px, split paper)" in before
+    assert before.index("preparing the data") < before.index("compiling the training step") < before.index(
+        "compiled and ran the first step in")
+    # Epoch 1's rate leaves the compilation out: it was 3.6 then 255.3 candidates/s; now of one order with epoch 2's.
+    assert float(epochs[0][4]) > float(epochs[1][4]) / 5, log
     metrics = list(read_metrics(tiny_run))
     assert [float(e[2]) for e in epochs] == pytest.approx([m["train/loss"] for m in metrics], abs=1e-4)
     s = read_summary(tiny_run)

@@ -10,6 +10,7 @@ import esmeta
 from esmeta.config import EstimatorConfig
 from esmeta.data import sample_episode, split_classes
 from esmeta.protonet import init_params
+from esmeta.results import read_metrics
 from esmeta.run import check_overrides
 from esmeta.train import accuracy_stats, episode_keys, make_optimizer, metrics_fn, run_keys, train
 
@@ -94,6 +95,9 @@ def test_a_short_wsr_run_on_omniglot_lowers_the_training_loss(tmp_path, omniglot
     summary = train(config, tmp_path / "run")
     assert summary["status"] == "completed"
     assert (summary["estimator"], summary["alpha"], summary["sigma"], summary["population"]) == ("wsr", 1.0, 0.01, 32)
+    (record,) = read_metrics(tmp_path / "run")  # a population's rate is candidates/s: 32 candidates an episode
+    assert record["es/candidates_per_s"] == pytest.approx(32 * record["train/episodes_per_s"])
+    assert {"es/fitness_mean", "es/fitness_std", "es/fitness_max"} <= record.keys()
 
     split = split_classes(omniglot32.class_names, "paper", 0)
     images = jnp.asarray(omniglot32.images[split["train"]])
