@@ -100,7 +100,9 @@ class WandbTracker(_FinishOnExit):
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         if self.run is None:
             raise RuntimeError("log() after finish(): this W&B run is closed")
-        self.run.log({k: _plain(v) for k, v in metrics.items()}, step=step)
+        row = {k: _plain(v) for k, v in metrics.items()}
+        row.setdefault(STEP_METRIC, step)  # the x-axis every metric is defined against (define_metrics)
+        self.run.log(row, step=step)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         if self.run is None:
@@ -208,9 +210,22 @@ def open_tracker(
             f"W&B could not start a run (WANDB_MODE={mode}): {first_line(e)}; run `wandb login`, "
             f"set WANDB_MODE=offline, or pass logger=none"
         ) from None
+    define_metrics(run)
     atomic_write_bytes(run_dir / RUN_ID_FILE, f"{run.id}\n".encode())
     log.info("W&B %s run %s (%s) in %s", mode, run.id, name, run.settings.sync_dir)
     return WandbTracker(run)
+
+
+STEP_METRIC = "episode"  # every row carries it: W&B's x-axis for per-step and per-epoch metrics alike
+
+
+def define_metrics(run: Run) -> None:
+    """W&B's metric definitions, as its users set them up: every metric plotted against `episode` (not W&B's own
+    row counter), and the run summary's `val/accuracy` the best (max) validation accuracy, not the last."""
+    run.define_metric(STEP_METRIC)
+    for pattern in ("train/*", "es/*", "epoch/*", "epoch", "wall_time_s"):
+        run.define_metric(pattern, step_metric=STEP_METRIC)
+    run.define_metric("val/accuracy", step_metric=STEP_METRIC, summary="max")
 
 
 def _override_key(override: str) -> str:

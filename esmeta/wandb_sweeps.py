@@ -7,12 +7,15 @@ spread a paper table's runs over machines that are online. An agent runs one gri
 settings, one point of its grid, in a run directory of its own per W&B run.
 `--check` compares instead of writing (exit 1 when a file differs), so the committed files cannot drift.
 `--extra KEY=VALUE` (repeatable) writes a variant: every job of the grid gets those overrides too, e.g.
-`--extra scale=smoke --out sweeps/wandb_smoke`; they are checked like a command line's before anything is written.
+`--extra scale=smoke`; they are checked like a command line's before anything is written, and the variant is kept
+apart from the paper-scale sweep: its files in `sweeps/wandb_scale-smoke/` (unless --out), its runs in
+`multirun/<name>_wandb_scale-smoke/`.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,12 +56,24 @@ def wandb_sweep(name: str, extra: Sequence[str] = ()) -> dict[str, Any]:
                 "${env}", "${interpreter}", "-m", "esmeta.run", f"sweep={name}", *extra, "hydra.mode=RUN",
                 # Hydra's default run dir is per second: jobs of two agents could share one. The agent
                 # sets WANDB_SWEEP_ID and WANDB_RUN_ID for each job it starts.
-                f"hydra.run.dir=multirun/{name}_wandb/${{oc.env:WANDB_SWEEP_ID}}/${{oc.env:WANDB_RUN_ID}}",
+                f"hydra.run.dir=multirun/{name}_wandb{variant_suffix(extra)}/${{oc.env:WANDB_SWEEP_ID}}/"
+                "${oc.env:WANDB_RUN_ID}",
                 "${args_no_hyphens}",
             ],
         }
     )
     return sweep
+
+
+def variant_suffix(extra: Sequence[str]) -> str:
+    """`_scale-smoke` for `--extra scale=smoke` ('' for none): a variant's runs and files go apart from the paper-scale
+    ones (`multirun/table2_wandb_scale-smoke/`, `sweeps/wandb_scale-smoke/`), never into the same folder."""
+    return "".join("_" + re.sub(r"[^A-Za-z0-9.-]+", "-", item) for item in extra)
+
+
+def default_out(extra: Sequence[str]) -> Path:
+    """Where the files go without --out: sweeps/wandb, or for a variant a folder of its own beside it."""
+    return DEFAULT_OUT.with_name(DEFAULT_OUT.name + variant_suffix(extra))
 
 
 def render(name: str, extra: Sequence[str] = (), out: Path = DEFAULT_OUT) -> str:
@@ -98,11 +113,14 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="python -m esmeta.wandb_sweeps", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help="stored sweeps to convert (default: all)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default: {DEFAULT_OUT}; for a variant {DEFAULT_OUT}_KEY-VALUE)")
     parser.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing")
     parser.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE",
                         help="an override every job gets too (repeatable), e.g. scale=smoke; write variants to --out")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = default_out(args.extra)
     try:
         names = args.names or sweep_names()
         check_extra(names, args.extra)

@@ -85,6 +85,7 @@ class OfflineRun:
     project: str
     config: dict[str, Any]
     history: dict[int, dict[str, Any]] = field(default_factory=dict)  # _step -> row
+    metrics: dict[str, tuple[str, bool]] = field(default_factory=dict)  # define_metric: name -> (step metric, max?)
     summary: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
 
@@ -106,6 +107,9 @@ def read_offline_run(sync_dir: Path) -> OfflineRun:
         elif kind == "history":
             row = {_key(i): json.loads(i.value_json) for i in record.history.item}
             out.history.setdefault(row["_step"], {}).update(row)
+        elif kind == "metric":
+            m = record.metric
+            out.metrics[m.name or m.glob_name] = (m.step_metric, m.summary.max)
         elif kind == "summary":
             out.summary.update({_key(u): json.loads(u.value_json) for u in record.summary.update})
         elif kind == "exit":
@@ -188,6 +192,23 @@ def test_history_rows_by_step_with_same_step_rows_merged(offline_run: OfflineRun
     row = offline_run.history[100]
     assert row["train/loss"] == 1.5 and row["epoch"] == 1
     assert math.isnan(row["val/accuracy"])
+
+
+def test_metrics_plot_against_episodes_and_the_summary_holds_the_best_validation_accuracy(tmp_path: Path):
+    """define_metric as W&B's users set it up: x-axis `episode` (every row carries it), and `val/accuracy` in the
+    summary is the max over epochs (0.8 here), not the last epoch's 0.6."""
+    with open_tracker(WANDB, tmp_path, name="n", group=None, tags=[], config=CONFIG) as tracker:
+        tracker.log({"train/loss": 2.0}, step=10)
+        for step, acc in ((10, 0.5), (20, 0.8), (30, 0.6)):
+            tracker.log(epoch_row({"epoch": step // 10, "episode": step, "train/loss": 1.0, "val/accuracy": acc}),
+                        step=step)
+    (sync_dir,) = sync_dirs(tmp_path)
+    run = read_offline_run(sync_dir)
+    assert run.metrics["val/accuracy"] == ("episode", True)
+    for pattern in ("train/*", "es/*", "epoch/*"):
+        assert run.metrics[pattern][0] == "episode"
+    assert all(row["episode"] == step for step, row in run.history.items())
+    assert run.summary["val/accuracy"] == {"max": 0.8}
 
 
 def test_summary_values_arrive_including_non_finite_and_none(offline_run: OfflineRun):

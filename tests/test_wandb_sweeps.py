@@ -95,8 +95,9 @@ def test_a_variant_gives_every_job_the_extra_settings(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_SWEEP_ID", "s")
     monkeypatch.setenv("WANDB_RUN_ID", "r")
-    (config,), _, multirun = plan_command(agent_overrides(sweep, {"point": "table2-a10-s0.1"}))
+    (config,), run_dir, multirun = plan_command(agent_overrides(sweep, {"point": "table2-a10-s0.1"}))
     assert not multirun and (config.alpha, config.seed, config.scale.name, config.train.epochs) == (10, 3, "smoke", 2)
+    assert run_dir == Path("multirun") / "table2_wandb_scale-smoke_seed-3" / "s" / "r"  # apart from paper-scale runs
     assert main(["--out", str(out), "--check", "--extra", "scale=smoke", "--extra", "seed=3", "table2"]) == 0
 
 
@@ -117,3 +118,15 @@ def test_bad_input_is_one_line_and_exit_status_2(argv: list[str], message: str, 
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert message in err and err.count("\n") == 1
+
+
+def test_a_variant_without_out_is_written_apart_from_the_paper_scale_files(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    """`--extra scale=smoke` alone neither overwrites sweeps/wandb/ nor sends its runs to table2_wandb/."""
+    (tmp_path / "sweeps" / "wandb").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["table2", "--extra", "scale=smoke"]) == 0
+    assert not list((tmp_path / "sweeps" / "wandb").iterdir())
+    sweep = yaml.safe_load((tmp_path / "sweeps" / "wandb_scale-smoke" / "table2.yaml").read_text())
+    assert "hydra.run.dir=multirun/table2_wandb_scale-smoke/${oc.env:WANDB_SWEEP_ID}/${oc.env:WANDB_RUN_ID}" in \
+        sweep["command"]
