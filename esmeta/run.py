@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -61,8 +62,6 @@ def sweep_needs_multirun(override: str) -> str:
 
 def _hydra_error_message(e: Exception) -> str:
     """Condense Hydra's multi-line composition errors into one actionable line."""
-    import re
-
     from hydra.errors import MissingConfigException
 
     text = " ".join(str(e).split())
@@ -438,8 +437,6 @@ _USER_ARGV: list[str] | None = None  # the command as typed, without the pinned 
 def pin_directory(out: Path, multirun: bool) -> str:
     """The override that hands Hydra the run (or sweep) directory the pre-run check resolved and locked: Hydra
     would resolve `${now:...}` again, a second later perhaps, and write a second folder beside the locked one."""
-    import re
-
     # Quoted, so that any path stays as is: backslashes are doubled only before a quote (Hydra's escaping rule).
     text = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), str(out))
     return f"hydra.{'sweep' if multirun else 'run'}.dir='{text}'"
