@@ -132,6 +132,7 @@ def ensure_writable_dir(path: Path, key: str = "hydra.run.dir", create: bool = T
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir():
             raise OSError(errno.ENOTDIR, "Not a directory")
+        check_name_lengths(path, existing, key)
         # a probe file, removed at once: os.access says yes to root even on read-only or pseudo filesystems (/proc)
         tempfile.NamedTemporaryFile(dir=existing, prefix=".write-probe.", delete=True).close()
     except OSError as e:
@@ -147,6 +148,18 @@ def check_no_directory_in_the_way(path: Path, key: str = "hydra.run.dir") -> Non
         if (path / name).is_dir():
             raise ConfigError(f"{path / name} is a directory where esmeta writes its {name} file; remove it, "
                               f"or set {key}=<another directory>")
+
+
+def check_name_lengths(path: Path, existing: Path, key: str) -> None:
+    """Every name in `path` fits the filesystem of `existing` (its nearest existing folder): a ConfigError
+    naming the setting otherwise, where mkdir would fail later with "File name too long"."""
+    limit = os.pathconf(existing, "PC_NAME_MAX")
+    for name in path.parts:
+        if len(os.fsencode(name)) > limit:
+            raise ConfigError(
+                f"output directory name {name[:40]}... is {len(os.fsencode(name))} bytes, over the {limit} this "
+                f"filesystem allows; set {key}=<a shorter name>"
+            )
 
 
 class DirLock:

@@ -23,7 +23,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esmeta import cost, sweeps
 from esmeta.config import Config, from_mapping
@@ -75,10 +75,6 @@ def _hydra_error_message(e: Exception) -> str:
         key = text.split("'")[1] if "'" in text else "?"
         return f"unknown setting {key}; {USAGE_HINT} for the settings there are (or prefix + to add a new key)"
     return f"{text}; {USAGE_HINT}"
-
-
-def _output_dir(hydra_cfg: Any, multirun: bool) -> Path:
-    return Path(str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir))
 
 
 def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Config]:
@@ -162,19 +158,70 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
             try:
                 cfg = compose_cached(job_parsed)
                 config = config_from_omegaconf(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+                directory = out
+                if multirun and complete:
+                    name = get_overrides_dirname([o for o in job_parsed if not o.is_hydra_override()],
+                                                 list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep)
+                    directory = _job_directory(cfg, out, number, name)
             except ConfigError as e:
                 if not multirun:
                     raise
                 raise ConfigError(f"job {number} ({' '.join(variant)}): {e}") from None
-            if multirun:
-                name = get_overrides_dirname([o for o in job_parsed if not o.is_hydra_override()],
-                                             list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep)
-                directory = out / f"{number}_{name}" if complete else out
-            else:
-                directory = out
             jobs.append(Job(number, tuple(variant), config, directory))
     ensure_writable_dir(out, "hydra.sweep.dir" if multirun else "hydra.run.dir", create=False)
+    if multirun and complete:
+        _check_job_directories(jobs, out)
     return Plan(jobs, out, multirun, complete, total)
+
+
+def _check_path(key: str, value: Any) -> Path:
+    """An output path setting: never empty (an empty path is the current directory)."""
+    if not str(value).strip():
+        raise ConfigError(f"{key}={str(value)!r} is an empty path (the current directory); give a directory, or "
+                          f"leave {key} out for its default")
+    return Path(str(value))
+
+
+def _output_dir(hydra_cfg: Any, multirun: bool) -> Path:
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    return _check_path(key, hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir)
+
+
+def _job_directory(cfg: DictConfig, out: Path, number: int, override_dirname: str) -> Path:
+    """Where Hydra puts job `number`: `hydra.sweep.subdir` resolved as the launcher resolves it (job number,
+    override dirname) under the sweep directory."""
+    with open_dict(cfg):
+        cfg.hydra.job.num = cfg.hydra.job.id = number
+        cfg.hydra.job.override_dirname = override_dirname
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the subdir, as Hydra's run_job does
+    try:
+        subdir = OmegaConf.select(cfg, "hydra.sweep.subdir", throw_on_resolution_failure=True)
+    except Exception as e:  # an unresolvable interpolation in the subdir
+        raise ConfigError(f"cannot resolve hydra.sweep.subdir: {first_line(e)}") from None
+    finally:
+        HydraConfig.instance().cfg = saved
+    return Path(os.path.normpath(out / _check_path("hydra.sweep.subdir", subdir)))
+
+
+def _check_job_directories(jobs: Sequence[Job], out: Path) -> None:
+    """Before the first job: every job has a directory of its own (not the sweep's), with names this filesystem
+    takes, that can be created and written."""
+    from esmeta.results import ensure_writable_dir
+
+    first: dict[Path, int] = {}
+    for job in jobs:
+        if job.directory == Path(os.path.normpath(out)):
+            raise ConfigError(f"job {job.number} would write into the sweep directory {out} itself; "
+                              "set hydra.sweep.subdir to a name per job, e.g. ${hydra.job.num}")
+        if job.directory in first:
+            raise ConfigError(f"jobs {first[job.directory]} and {job.number} would both write to {job.directory}; "
+                              "hydra.sweep.subdir must differ between jobs: keep ${hydra.job.num} in it")
+        first[job.directory] = job.number
+        try:
+            ensure_writable_dir(job.directory, "hydra.sweep.subdir", create=False)
+        except ConfigError as e:
+            raise ConfigError(f"job {job.number} ({' '.join(job.overrides)}): {e}") from None
 
 
 def _cached_compose(compose_one: Any) -> Any:
@@ -204,6 +251,7 @@ def _cached_compose(compose_one: Any) -> Any:
 
 
 JOB_FAILED = "failed"  # what a multirun job returns when it failed (recorded in its summary, counted at the end)
+JOB_NOT_STARTED = "not started"  # what it returns when Hydra could not start it (no directory, no log file)
 
 
 class FailedJobs(Callback):
@@ -212,20 +260,53 @@ class FailedJobs(Callback):
     def __init__(self) -> None:
         self.jobs = 0
         self.failed: list[str] = []
+        self.not_started: list[str] = []
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         self.jobs += 1
-        if job_return.status == JobStatus.FAILED or job_return._return_value == JOB_FAILED:
+        if job_return._return_value == JOB_NOT_STARTED:
+            self.not_started.append(str(config.hydra.runtime.output_dir))
+        elif job_return.status == JobStatus.FAILED or job_return._return_value == JOB_FAILED:
             self.failed.append(str(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.failed:
-            print(
-                f"esmeta: error: {len(self.failed)} of {self.jobs} jobs failed (each says why in its summary.json, "
-                f"first: {self.failed[0]}); rerun the same command to redo only those",
-                file=sys.stderr,
-            )
+        n = len(self.failed) + len(self.not_started)
+        if n:
+            why = [f"{len(self.not_started)} could not start, first: {self.not_started[0]}"] if self.not_started else []
+            if self.failed:
+                why.append(f"each other says why in its summary.json, first: {self.failed[0]}")
+            print(f"esmeta: error: {n} of {self.jobs} jobs failed ({'; '.join(why)}); rerun the same command to redo "
+                  "only those", file=sys.stderr)
             sys.exit(1)
+
+
+def _jobs_that_cannot_start_fail_alone() -> None:
+    """Make a job that Hydra's basic launcher cannot start (its directory cannot be created, its log file not
+    opened) that job's failure, reported in one line, instead of the end of the sweep: the directories are checked
+    before the first job (`plan_jobs`), but one can go away meanwhile. Hydra takes launchers only from its plugin
+    package, so this wraps the launcher's `run_job`."""
+    from hydra._internal.core_plugins import basic_launcher
+
+    run_job = basic_launcher.run_job
+    if getattr(run_job, "esmeta", False):
+        return
+
+    def run_job_or_fail(*, config: DictConfig, hydra_context: Any, **kwargs: Any) -> JobReturn:
+        try:
+            return run_job(config=config, hydra_context=hydra_context, **kwargs)
+        except Exception as e:  # run_job catches the task's errors: this one came before the task started
+            out = config.hydra.runtime.get("output_dir") or config.hydra.sweep.dir
+            while e.__cause__ is not None:  # logging's "Unable to configure handler" wraps the OSError that says why
+                e = e.__cause__
+            print(f"esmeta: error: job {config.hydra.job.num} cannot start in {out} ({first_line(e)}); "
+                  "free that path and rerun the same command", file=sys.stderr)
+            ret = JobReturn(overrides=list(config.hydra.overrides.task), status=JobStatus.COMPLETED,
+                            _return_value=JOB_NOT_STARTED)
+            hydra_context.callbacks.on_job_end(config=config, job_return=ret)
+            return ret
+
+    run_job_or_fail.esmeta = True  # type: ignore[attr-defined]
+    basic_launcher.run_job = run_job_or_fail
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
@@ -398,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _USER_ARGV = [sys.argv[0], *argv]
     sys.argv = [*_USER_ARGV, *pinned]
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # (training itself first finishes its step and checkpoints)
+    _jobs_that_cannot_start_fail_alone()
     try:
         _job()
     except RunStopped as stop:

@@ -18,6 +18,7 @@ import esmeta
 from esmeta import checkpoint
 from esmeta.errors import ConfigError, DataError
 from esmeta.results import LOCK, DirLock, atomic_write_bytes, read_metrics, read_summary
+from esmeta.run import plan_jobs
 
 # As tests/test_run.py's (test modules are not importable from one another here).
 FAST = ["task.train_way=5", "task.shot=1", "task.query=2", "task.test_query=5", "model.channels=4", "train.epochs=2",
@@ -313,3 +314,55 @@ def test_a_lock_is_reentrant_in_its_process_and_exclusive_across_processes(tmp_p
              "DirLock(Path(sys.argv[1])).acquire()", str(tmp_path / "d")], capture_output=True, text=True)
         assert probe.returncode != 0 and "is in use by another run" in probe.stderr
         assert ConfigError.__name__ in probe.stderr
+
+
+SWEEP = ["-m", *FAST, "seed=0,1", "hydra.sweep.subdir=${hydra.job.num}"]
+
+
+def test_a_job_directory_that_cannot_be_created_is_refused_before_the_first_job(tmp_path):
+    """A file where job 0's directory goes used to end the sweep in Hydra's traceback once it reached that job."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "0").write_text("in the way")
+    assert_one_line_error(run_cli(*SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path), "job 0", f"{sweep / '0'}",
+                          "not writable")
+    assert sorted(p.name for p in sweep.iterdir()) == ["0"]  # no job ran, no multirun.yaml
+
+
+def test_job_directory_names_too_long_for_the_filesystem_are_refused_before_the_first_job(tmp_path):
+    """`-m seed=0,1` with a dozen explicit defaults names each job directory after all of them (over 255 bytes):
+    the dry run listed them without a word and the sweep ended with "File name too long"."""
+    defaults = ["alpha=0.001", "sigma=0.01", "estimator.optimizer=adam", "estimator.lr_decay_every=0",
+                "estimator.lr_decay_factor=0.5", "estimator.weight_decay=0.0", "estimator.pop_per_shard=1",
+                "estimator.fitness_shaping=zscore", "estimator.normalize=per_shard", "estimator.fd_sigma=0.001",
+                "estimator.fitness_precision=highest", "estimator.eval_mode=auto"]
+    proc = run_cli("-m", *FAST, "seed=0,1", *defaults, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert_one_line_error(proc, "job 0", "bytes, over the 255", "hydra.sweep.subdir=")
+    assert not (tmp_path / "sweep").exists()
+    with pytest.raises(ConfigError, match="over the 255"):  # the dry run's plan
+        plan_jobs([*FAST, "seed=0,1", *defaults, f"hydra.sweep.dir={tmp_path / 'sweep'}"], multirun=True)
+
+
+def test_a_job_that_still_cannot_start_fails_alone_and_the_sweep_goes_on(tmp_path):
+    """Job 0's log file cannot be opened (a directory in its place, past the pre-launch check): one line for it,
+    job 1 runs (here it fails at once on a damaged checkpoint), and the count says which could not start."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / "run.log").mkdir(parents=True)
+    (sweep / "1").mkdir()
+    (sweep / "1" / "checkpoint.msgpack").write_bytes(b"not a checkpoint")
+    proc = run_cli(*SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("esmeta: error: ")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"job 0 cannot start in {sweep / '0'}" in lines[0] and "Is a directory" in lines[0]
+    assert "checkpoint.msgpack" in lines[1] and read_summary(sweep / "1")["status"] == "failed"
+    assert lines[-1].startswith("esmeta: error: 2 of 2 jobs failed (1 could not start, first: ") and len(lines) == 3
+
+
+def test_jobs_that_would_share_a_directory_are_refused_and_the_dry_run_shows_the_real_ones(tmp_path):
+    """A constant hydra.sweep.subdir made every job write one directory while the dry run showed separate ones."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", *FAST, "seed=0,1", "hydra.sweep.subdir=same", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert_one_line_error(proc, "jobs 0 and 1 would both write to", str(sweep / "same"), "${hydra.job.num}")
+    assert not sweep.exists()
+    plan = plan_jobs([*FAST, "seed=0,1", "hydra.sweep.subdir=s${seed}", f"hydra.sweep.dir={sweep}"], multirun=True)
+    assert [job.directory for job in plan.jobs] == [sweep / "s0", sweep / "s1"]  # what the dry run lists
