@@ -37,6 +37,9 @@ BUDGET_CLOCKS = ("wall", "cpu")
 LOGGERS = ("wandb", "none")
 SCALES = ("paper", "cpu", "smoke", "custom")
 INT_LIMIT = 2**63  # every integer setting must fit a signed 64-bit integer (what JAX and numpy take)
+INT32_MAX = 2**31 - 1  # sizes and counters reach JAX as int32 (array dimensions, candidate indices, episode numbers)
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: below it a step size or a perturbation is lost
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: above it a setting is inf in the math
 SEEDS = ("seed", "eval.seed", "data.split_seed")
 
 
@@ -211,6 +214,7 @@ class WsrConfig:
         self.check(name)
         _positive(name("pop_per_shard"), self.pop_per_shard)
         _positive(name("sigma"), self.sigma)
+        _float32(name("sigma"), self.sigma)
         if self.antithetic and self.pop_per_shard % 2:
             raise ConfigError(
                 f"{name('antithetic')}=true needs an even {name('pop_per_shard')} (mirrored pairs), "
@@ -255,6 +259,7 @@ class FiniteDiffConfig:
         self.check(name)
         _positive(name("pop_per_shard"), self.pop_per_shard)
         _positive(name("sigma"), self.sigma)
+        _float32(name("sigma"), self.sigma)
 
 
 @dataclass(frozen=True)
@@ -451,6 +456,27 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value:g} must be {rule}")
 
 
+def _float32(key: str, value: float) -> None:
+    """A setting the float32 math uses: 0 or a normal float32, never one that underflows to 0 (or a denormal,
+    which the CPU flushes to 0: a zero step or perturbation, an untrained model) or overflows to inf."""
+    if value and abs(value) < FLOAT32_TINY:
+        raise ConfigError(f"{key}={value!r} underflows float32 (the math would see 0); use at least {FLOAT32_TINY:.3g}")
+    if abs(value) > FLOAT32_MAX:
+        raise ConfigError(f"{key}={value!r} overflows float32 (the math would see inf); use at most {FLOAT32_MAX:.3g}")
+
+
+def _int32(key: str, value: int) -> None:
+    """A size or counter that JAX holds as an int32 (an array dimension, a candidate index, an episode number)."""
+    if value > INT32_MAX:
+        raise ConfigError(f"{key}={value} is too large: JAX counts it in 32-bit integers; use at most {INT32_MAX}")
+
+
+def _path(key: str, value: str | None) -> None:
+    """A folder setting: unset (null) for the default, never empty (which would mean the current directory)."""
+    if value is not None and not value.strip():
+        raise ConfigError(f"{key}={value!r} is an empty path; give a folder, or leave it unset (null) for the default")
+
+
 def validate_estimator(e: EstimatorConfig, sigma: float, shards: int = 0) -> None:
     """The estimator section's checks: its types, its update rule, every estimator's options (a typo is an
     error whichever estimator runs), then the chosen estimator's own rules (`validate` of its own config).
@@ -466,6 +492,13 @@ def validate_estimator(e: EstimatorConfig, sigma: float, shards: int = 0) -> Non
     _positive("estimator.lr_decay_every", e.lr_decay_every, allow_zero=True)
     _positive("estimator.lr_decay_factor", e.lr_decay_factor)
     _positive("estimator.weight_decay", e.weight_decay, allow_zero=True)
+    for key in ("lr_decay_factor", "weight_decay"):
+        _float32(f"estimator.{key}", getattr(e, key))
+    for key in ("pop_per_shard", "chunk_size", "rank", "lr_decay_every"):
+        _int32(f"estimator.{key}", getattr(e, key))
+    _int32("hardware.shards", shards)
+    if e.is_es:
+        _int32("estimator.pop_per_shard x hardware.shards", e.pop_per_shard * max(shards, 1))
     for own in OWN_CONFIGS.values():
         _own_config(own, e, sigma).check(config_name(own))
     if e.shard_episodes != "shared" and e.name != "wsr":
@@ -482,6 +515,7 @@ def validate(config: Config) -> None:
     for key, seed in zip(SEEDS, (config.seed, config.eval.seed, d.split_seed)):
         _positive(key, seed, allow_zero=True)
     _positive("alpha", config.alpha)
+    _float32("alpha", config.alpha)
     for key in ("train_way", "shot", "query", "test_way", "test_shot", "test_query"):
         _positive(f"task.{key}", getattr(t, key))
     if t.train_way < 2 or t.test_way < 2:
@@ -510,10 +544,14 @@ def validate(config: Config) -> None:
             f"{MAX_IMAGE_SIZE} (the source size); the paper uses 32, Snell et al. 28"
         )
     _choice("data.resize_filter", d.resize_filter, RESIZE_FILTERS)
+    _path("data.root", d.root)
+    _path("data.cache_dir", d.cache_dir)
     _positive("model.channels", config.model.channels)
+    _int32("model.channels", config.model.channels)
     _choice("model.norm_stats", config.model.norm_stats, NORM_STATS)
     _choice("distance.name", config.distance.name, DISTANCES)
     _positive("distance.scale", config.distance.scale)
+    _float32("distance.scale", config.distance.scale)
     _positive("train.epochs", config.train.epochs)
     _positive("train.episodes_per_epoch", config.train.episodes_per_epoch)
     _positive("train.max_minutes", config.train.max_minutes, allow_zero=True)
@@ -523,6 +561,9 @@ def validate(config: Config) -> None:
     _positive("train.checkpoint_every", config.train.checkpoint_every, allow_zero=True)
     _positive("eval.val_episodes", config.eval.val_episodes, allow_zero=True)
     _positive("eval.test_episodes", config.eval.test_episodes)
+    _int32("eval.val_episodes", config.eval.val_episodes)
+    _int32("eval.test_episodes", config.eval.test_episodes)
+    _int32("train.epochs x train.episodes_per_epoch", config.train.epochs * config.train.episodes_per_epoch)
 
     validate_estimator(e, config.sigma, h.shards)  # and hardware.shards
     _choice("hardware.platform", h.platform, PLATFORMS)

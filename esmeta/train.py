@@ -33,6 +33,7 @@ from esmeta.data.omniglot import check_zips
 from esmeta.errors import EsmetaError, RunStopped
 from esmeta.estimators import make_estimator
 from esmeta.hardware import configure_backend, make_mesh
+from esmeta.memory import check_memory
 from esmeta.protonet import (
     BatchStats,
     init_batch_stats,
@@ -171,11 +172,12 @@ class JobInfo:
 
 
 def check_start(config: Config) -> tuple[Any, int]:
-    """What must hold before a run touches its directory: the hardware it asks for and the data.
+    """What must hold before a run touches its directory: the hardware it asks for, the memory it needs, the data.
     Returns (mesh, shards); raises a one-line EsmetaError otherwise. Writes nothing (but a download)."""
     check_fits_scale(config)
     configure_backend(config.hardware)
     mesh, shards = make_mesh(scaled(config).hardware)
+    check_memory(config, mesh, shards)
     check_zips(config.data.root, config.data.download)
     return mesh, shards
 
