@@ -316,6 +316,13 @@ def aggregate(matched: pd.DataFrame, command: str, in_progress: pd.DataFrame | N
     if not going.empty:
         setting_notes.append(f"{len(going)} run{'s' if len(going) > 1 else ''} in progress not counted "
                              f"({_in_progress_text(going)})")
+    return summarize(matched, command, setting_notes, in_progress=len(going))
+
+
+def summarize(matched: pd.DataFrame, command: str, notes: list[str] | None = None, in_progress: int = 0) -> Cell:
+    """The cell of finished runs of one setting and one budget (one run per seed counts), with `notes` so far;
+    `in_progress` counts the unfinished runs beside them."""
+    setting_notes = list(notes or [])
     matched, superseded = latest_per_seed(matched)
     status = matched["status"]
     done = matched[(status == "completed") & matched["test_accuracy"].map(_finite)]
@@ -323,7 +330,7 @@ def aggregate(matched: pd.DataFrame, command: str, in_progress: pd.DataFrame | N
     skipped = int((status == "skipped").sum())
     failed = len(matched) - len(done) - collapsed - skipped
     counts = dict(runs=len(matched), completed=len(done), collapsed=collapsed, failed=failed, skipped=skipped,
-                  in_progress=len(going), run_ids=tuple(matched["run_id"].astype(str)))
+                  in_progress=in_progress, run_ids=tuple(matched["run_id"].astype(str)))
     notes = list(setting_notes)
     if failed:
         lost = ~matched.index.isin(done.index) & ~status.isin(("collapsed", "skipped"))
