@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment's scripts folder, where pip puts console scripts
-SCRIPTS = ("esmeta-run", "esmeta-tables", "esmeta-figures")
+SCRIPTS = ("esmeta-run", "esmeta-tables", "esmeta-figures", "esmeta-compare")
 
 
 def clean_env() -> dict[str, str]:
@@ -31,6 +31,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("script, says", [
     ("esmeta-tables", ["Rebuild Tables I-VII", "--results"]),
     ("esmeta-figures", ["Rebuild Figures 1-5", "--results"]),
+    ("esmeta-compare", ["Compare any esmeta runs", "--results"]),
     ("esmeta-run", ["estimator:", "quickstart"]),  # Hydra's help with esmeta's template: groups and options
 ])
 def test_console_scripts_are_installed_and_answer_help(script, says, tmp_path):
@@ -57,7 +58,7 @@ def test_the_install_provides_esmeta_analysis_and_no_top_level_analysis(tmp_path
     assert proc.stdout.splitlines() == ["None", "7", "esmeta.analysis.make_tables None"]
 
 
-@pytest.mark.parametrize("script", ["make_tables", "make_figures"])
+@pytest.mark.parametrize("script", ["make_tables", "make_figures", "compare"])
 def test_checkout_scripts_still_run_from_the_repository_root(script):
     proc = run(sys.executable, f"analysis/{script}.py", "--help", cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -75,7 +76,7 @@ def test_the_wheel_has_one_top_level_package_and_the_entry_points(tmp_path):
     assert "esmeta/conf/config.yaml" in names
     entry_points = zipfile.ZipFile(wheel).read("esmeta-0.1.0.dist-info/entry_points.txt").decode()
     for line in ("esmeta-run = esmeta.run:main", "esmeta-tables = esmeta.analysis.make_tables:main",
-                 "esmeta-figures = esmeta.analysis.make_figures:main"):
+                 "esmeta-figures = esmeta.analysis.make_figures:main", "esmeta-compare = esmeta.analysis.compare:main"):
         assert line in entry_points
 
 

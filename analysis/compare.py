@@ -1,0 +1,184 @@
+"""Compare any runs: one row per group of runs that share every setting but the seed, as markdown and CSV.
+
+    python analysis/compare.py --results multirun/2026-12-06/10-00-00 [--out DIR]
+
+Only the settings in which the runs differ become columns (one that follows from a column already shown,
+such as the optimizer of an estimator, is left out); the seed is what a group averages over. A group is
+one budget (the tables' rule: the same episodes trained of the same requested budget, `tables.budget_keys`)
+and counts each seed once (its latest run). Accuracy: mean ± std over seeds (ddof=1); one seed: its test
+accuracy ± std over test episodes, as the tables report. Runs in progress are listed with the episodes
+they reached, never averaged. The same table ends every multirun (`SweepTable`, conf/config.yaml).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script (`python analysis/compare.py`): its folder is the package
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+    __package__ = _here.name
+
+import pandas as pd  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from . import cli  # noqa: E402
+from .load import Results, load_results  # noqa: E402
+from .tables import budget_keys, markdown_table, summarize  # noqa: E402
+
+PROG = "compare"
+DESCRIPTION = (
+    "Compare any esmeta runs (a multirun's folder, several sweeps' parent folder): a row per group of runs "
+    "that differ only in their seed, a column per setting that varies, test accuracy (mean ± std over seeds, "
+    "ddof=1; one seed: ± std over test episodes), best validation accuracy, episodes reached and time. Prints "
+    "markdown; writes compare.md and compare.csv to --out (default: DIR/compare under --results)."
+)
+# Settings that never make two runs different experiments: the averaged seed, where files go, logging, progress.
+NOT_SETTINGS = ("seed", "data.root", "data.cache_dir", "logger.", "train.progress", "train.resume",
+                "train.checkpoint_every", "train.allocation_minutes")
+BUDGET = "budget"
+
+
+def _text(value: Any) -> str:
+    """A setting's value as a cell: numbers short (%g), a missing value "-"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _rank(key: str) -> int:
+    """Column order: top-level settings and config-group choices (`estimator.name`) before their details."""
+    return key.count(".") - key.endswith(".name")
+
+
+def varying_settings(runs: pd.DataFrame) -> list[str]:
+    """The requested settings (`config.` columns) whose values differ across `runs`, less those that follow
+    from the ones before them (each combination of the earlier columns has one value of it)."""
+    settings = {c[len("config."):]: runs[c].map(_text) for c in runs.columns if c.startswith("config.")
+                and not any(c[len("config."):].startswith(n) for n in NOT_SETTINGS)}
+    shown: list[str] = []
+    for key in sorted((k for k, v in settings.items() if v.nunique() > 1), key=_rank):
+        if shown and settings[key].groupby([settings[k] for k in shown]).nunique().max() <= 1:
+            continue
+        shown.append(key)
+    return shown
+
+
+def _header(key: str) -> str:
+    return key.removesuffix(".name")
+
+
+def compare_table(results: Results) -> pd.DataFrame:
+    """One row per group of finished runs (settings, budget), then one row per run in progress; see the module
+    docstring. Columns: the varying settings, budget (where it varies), runs, test accuracy, best val accuracy,
+    episodes, time, notes."""
+    going = results.in_progress if not results.in_progress.empty else pd.DataFrame(columns=results.runs.columns)
+    every = pd.concat([results.runs, going], ignore_index=True)
+    settings = varying_settings(every)
+    cells = {key: every[f"config.{key}"].map(_text) for key in settings}
+    done = every.index < len(results.runs)
+    budgets = pd.Series("", index=every.index)
+    budgets[done] = budget_keys(every[done]).values if done.any() else []
+    budgets[~done] = "in progress"
+    show_budget = budgets[done].nunique() > 1
+    keys = pd.DataFrame({**cells, BUDGET: budgets}, index=every.index)
+    rows = []
+    for group, members in keys[done].groupby(list(keys.columns), sort=True, dropna=False):
+        group = group if isinstance(group, tuple) else (group,)
+        runs = every.loc[members.index]
+        cell = summarize(runs, command="")
+        time_s = pd.to_numeric(runs["wall_time_s"], errors="coerce").mean()
+        val = pd.to_numeric(runs.loc[runs["run_id"].isin(cell.run_ids), "best_val_accuracy"], errors="coerce")
+        rows.append({
+            **{_header(k): v for k, v in zip(settings, group)},
+            **({BUDGET: group[-1]} if show_budget else {}),
+            "runs": cell.completed + cell.collapsed,
+            "test accuracy": cell.text,
+            "best val accuracy": f"{val.mean():.3f}" if val.notna().any() else "-",
+            "episodes": "-" if cell.episodes is None else f"{cell.episodes:,.0f}",
+            "time": _clock(time_s),
+            "notes": "; ".join(cell.notes),
+        })
+    for i, run in every[~done].iterrows():
+        total = (run.get("epochs") or 0) * (run.get("episodes_per_epoch") or 0)
+        rows.append({
+            **{_header(k): cells[k][i] for k in settings},
+            **({BUDGET: "in progress"} if show_budget else {}),
+            "runs": 0,
+            "test accuracy": "in progress",
+            "best val accuracy": "-",
+            "episodes": f"{int(run['episodes']):,} of {int(total):,}",
+            "time": "-",
+            "notes": f"{run['run_id']}: not a result until it finishes",
+        })
+    table = pd.DataFrame(rows)
+    if not table.empty and not table["notes"].astype(bool).any():
+        table = table.drop(columns="notes")
+    return table
+
+
+def _clock(seconds: float) -> str:
+    """"42 s", "3.5 min", "2.1 h"; "-" when unknown."""
+    if not math.isfinite(seconds):
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def render(results: Results, table: pd.DataFrame) -> str:
+    """The table as markdown under one line saying what was compared."""
+    return f"{cli.describe(results)}; mean ± std over seeds (ddof=1), one seed: ± std over test episodes.\n\n" \
+        f"{markdown_table(table.astype(str))}\n"
+
+
+def run(argv: list[str] | None) -> int:
+    parser = cli.Parser(prog=PROG, description=DESCRIPTION)
+    parser.add_argument("--results", metavar="DIR", type=Path, help="the folder holding the runs (any depth)")
+    parser.add_argument("--out", metavar="DIR", type=Path, help="output directory (default: DIR/compare)")
+    parser.set_defaults(source="local", group=None, only=None, entity=None, project=None)
+    args = parser.parse_args(argv)
+    cli.check_args(args, ())
+    out = cli.out_dir(args, "compare")
+    results = cli.load_source(args)
+    cli.report_skipped(PROG, results)
+    table = compare_table(results)
+    text = render(results, table)
+    print(text, end="")
+    cli.write_outputs(out, {"compare.md": lambda p: p.write_text(text),
+                            "compare.csv": lambda p: table.to_csv(p, index=False)})
+    print(f"\nWrote compare.md and compare.csv to {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(PROG, run, argv)
+
+
+class SweepTable(Callback):
+    """Hydra callback: the compare table of the sweep's folder at the end of every multirun; it never fails
+    the sweep (a problem is one line on stderr)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            print(f"\nRuns of {config.hydra.sweep.dir}:\n{sweep_summary(config.hydra.sweep.dir)}", flush=True)
+        except Exception as e:  # a summary must never fail a finished sweep
+            print(f"esmeta: no compare table for this sweep ({type(e).__name__}: {e}); run "
+                  f"`esmeta-compare --results {config.hydra.sweep.dir}`", file=sys.stderr)
+
+
+def sweep_summary(sweep_dir: str | Path) -> str:
+    """The compare table of a sweep's folder (no skipped-run lines), or one line saying why there is none."""
+    results = load_results(sweep_dir)
+    if results.runs.empty and results.in_progress.empty:
+        return f"esmeta: no finished run in {sweep_dir} to compare"
+    return render(results, compare_table(results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
