@@ -2,8 +2,8 @@
 
     python analysis/compare.py --results multirun/2026-12-06/10-00-00 [--out DIR]
 
-Only the settings in which the runs differ become columns (one that follows from a column already shown,
-such as the optimizer of an estimator, is left out); the seed is what a group averages over. A group is
+Only the settings in which the runs differ become columns (a config group's detail that its choice decides,
+such as the optimizer of each estimator, is left out); the seed is what a group averages over. A group is
 one budget (the tables' rule: the same episodes trained of the same requested budget, `tables.budget_keys`)
 and counts each seed once (its latest run). Accuracy: mean ± std over seeds (ddof=1); one seed: its test
 accuracy ± std over test episodes, as the tables report. Runs in progress are listed with the episodes
@@ -59,13 +59,16 @@ def _rank(key: str) -> int:
 
 
 def varying_settings(runs: pd.DataFrame) -> list[str]:
-    """The requested settings (`config.` columns) whose values differ across `runs`, less those that follow
-    from the ones before them (each combination of the earlier columns has one value of it)."""
+    """The requested settings (`config.` columns) whose values differ across `runs`, less a config group's details
+    that its choice shown beside them decides (estimator.optimizer where estimator.name is a column and each
+    estimator has one optimizer)."""
     settings = {c[len("config."):]: runs[c].map(_text) for c in runs.columns if c.startswith("config.")
                 and not any(c[len("config."):].startswith(n) for n in NOT_SETTINGS)}
+    varying = sorted((k for k, v in settings.items() if v.nunique() > 1), key=_rank)
     shown: list[str] = []
-    for key in sorted((k for k, v in settings.items() if v.nunique() > 1), key=_rank):
-        if shown and settings[key].groupby([settings[k] for k in shown]).nunique().max() <= 1:
+    for key in varying:
+        choice = f"{key.split('.')[0]}.name"
+        if choice in shown and settings[key].groupby(settings[choice]).nunique().max() <= 1:
             continue
         shown.append(key)
     return shown

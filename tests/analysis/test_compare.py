@@ -78,3 +78,8 @@ def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) ->
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("compare: error: ") and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_two_searched_values_are_two_columns_though_each_decides_the_other() -> None:
+    runs = pd.DataFrame({"config.alpha": [1.0, 2.0], "config.sigma": [0.1, 0.2], "config.estimator.name": ["wsr"] * 2})
+    assert varying_settings(runs) == ["alpha", "sigma"]
