@@ -311,7 +311,8 @@ def _jobs_that_cannot_start_fail_alone() -> None:
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
 def _job(cfg: DictConfig) -> float | str | None:
-    """One Hydra job: validate, train, report. Returns the test accuracy (for sweepers), or JOB_FAILED."""
+    """One Hydra job: validate, train, report. Returns the objective a search maximizes, the run's best validation
+    accuracy (the paper tuned on the validation set, never the test set), or JOB_FAILED."""
     from hydra.types import RunMode
 
     from esmeta.train import JobInfo, train
@@ -349,7 +350,7 @@ def _job(cfg: DictConfig) -> float | str | None:
         summary["estimator"], summary["test_accuracy"], summary["test_accuracy_std"], config.task.test_way,
         config.task.test_shot, summary["test_episodes"], run_dir,
     )
-    return summary["test_accuracy"]
+    return summary["best_val_accuracy"]
 
 
 def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any, multirun: bool) -> str | None:
