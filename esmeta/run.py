@@ -108,7 +108,8 @@ class Plan:
     out: Path
     multirun: bool
     complete: bool
-    total: int  # jobs the command launches
+    total: int  # jobs the command launches (an Optuna search's trials)
+    search: bool = False  # an Optuna search: its trials are sampled as it runs, each searched range checked at its bounds
 
 
 def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
@@ -135,8 +136,9 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
             base = compose_one(variants[0])
             multirun = multirun or str(base.hydra.get("mode")).endswith("MULTIRUN")  # a stored sweep sets it
             stored = sweeps.stored_grid(base.hydra) if multirun else {}
-            total = sweeps.product_size(overrides, stored, loader) if multirun else 1
-            complete = total <= sweeps.PRODUCT_LIMIT
+            trials = sweeps.search_trials(base.hydra) if multirun else None
+            total = trials if trials is not None else sweeps.product_size(overrides, stored, loader) if multirun else 1
+            complete = trials is None and total <= sweeps.PRODUCT_LIMIT
             if not multirun:
                 variants = [list(overrides)]
                 swept = [o for o in parser.parse_overrides(list(overrides)) if o.is_sweep_override()]
@@ -169,9 +171,9 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
                 raise ConfigError(f"job {number} ({' '.join(variant)}): {e}") from None
             jobs.append(Job(number, tuple(variant), config, directory))
     ensure_writable_dir(out, "hydra.sweep.dir" if multirun else "hydra.run.dir", create=False)
-    if multirun and complete:
+    if multirun and complete:  # (a search's trials are named as it runs: complete is false for it)
         _check_job_directories(jobs, out)
-    return Plan(jobs, out, multirun, complete, total)
+    return Plan(jobs, out, multirun, complete, total, search=trials is not None)
 
 
 def _check_path(key: str, value: Any) -> Path:
@@ -388,7 +390,10 @@ def dry_run(overrides: Sequence[str], multirun: bool = False, estimate: bool = F
     defaults = _flat(plan_jobs([]).jobs[0].config.to_dict())
     what = "job" if plan.total == 1 else "jobs"
     lines = [f"dry run: {plan.total} {what} -> {plan.out} (nothing runs, nothing is written)"]
-    if not plan.complete:
+    if plan.search:
+        lines.append(f"  an Optuna search: its {plan.total} trials are sampled as it runs; each searched range was "
+                     "checked at its bounds (shown)")
+    elif not plan.complete:
         lines.append(f"  more than {sweeps.PRODUCT_LIMIT} jobs: each value of each swept key is shown (and was checked) once")
     for job in plan.jobs:
         differ = " ".join(f"{k}={v}" for k, v in _flat(job.config.to_dict()).items() if defaults.get(k) != v)

@@ -38,12 +38,28 @@ def stored_grid(hydra_cfg: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in (hydra_cfg.get("sweeper", {}).get("params") or {}).items()}
 
 
+def search_trials(hydra_cfg: Any) -> int | None:
+    """How many trials a composed config's Optuna search runs (`hydra/sweeper=optuna`, conf/search/), or None
+    where Hydra's basic sweeper runs a grid."""
+    sweeper = hydra_cfg.get("sweeper") or {}
+    if "optuna" not in str(sweeper.get("_target_", "")):
+        return None
+    if sweeper.get("storage") is not None:
+        raise ConfigError(f"hydra.sweeper.storage={sweeper.storage}: a search keeps its study in memory (Optuna 2.10, "
+                          "which hydra-optuna-sweeper needs, cannot open a database under SQLAlchemy 2); leave it out: "
+                          "a rerun into the same hydra.sweep.dir asks the same trials and keeps the finished ones")
+    return int(sweeper.get("n_trials"))
+
+
 def values(override: Any) -> list[str]:
-    """The values Hydra's basic sweeper runs for one parsed override: a choice list, range() or glob() over a group."""
-    from hydra.core.override_parser.types import Glob
+    """The values Hydra's basic sweeper runs for one parsed override: a choice list, range() or glob() over a group;
+    for an Optuna search's interval() (log-tagged or not), its two bounds: what the pre-launch check validates."""
+    from hydra.core.override_parser.types import Glob, IntervalSweep
 
     if isinstance(override.value(), Glob):
         return override.value().filter(group_options(override.key_or_group))
+    if isinstance(override.value(), IntervalSweep):
+        return [f"{override.value().start!r}", f"{override.value().end!r}"]
     if override.is_sweep_override():
         return list(override.sweep_string_iterator())
     return [override.get_value_element_as_str()]
@@ -99,6 +115,9 @@ def product_size(overrides: Sequence[str], stored: Mapping[str, Any], config_loa
     parser = OverridesParser.create(config_loader=config_loader)
     sizes: dict[str, int] = {}
     for o in parser.parse_overrides([*(f"{k}={v}" for k, v in stored.items()), *overrides]):
+        if o.is_interval_sweep():
+            raise ConfigError(f"{o.input_line}: an interval is sampled by a search, not run as a grid; use a stored "
+                              "search (search=NAME, conf/search/) or add hydra/sweeper=optuna")
         sizes[o.get_key_element()] = len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
     n = 1
     for size in sizes.values():
