@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,42 +79,69 @@ def _header(key: str) -> str:
     return key.removesuffix(".name")
 
 
+@dataclass
+class Groups:
+    """Runs finished and in progress (`every`, finished first), the varying settings, whether the budget varies,
+    and the finished runs' groups: (their settings' cells, and budget where it varies; their runs)."""
+
+    every: pd.DataFrame
+    settings: list[str]
+    show_budget: bool
+    groups: list[tuple[dict[str, str], pd.DataFrame]]
+
+    def cells(self, i: Any) -> dict[str, str]:
+        """Row `i` of `every`'s settings, by column header."""
+        return {_header(k): _text(self.every.loc[i, f"config.{k}"]) for k in self.settings}
+
+
+def group_runs(results: Results) -> Groups:
+    """Group the finished runs by their varying settings and budget (see the module docstring)."""
+    going = results.in_progress if not results.in_progress.empty else pd.DataFrame(columns=results.runs.columns)
+    every = pd.concat([results.runs, going], ignore_index=True)
+    settings = varying_settings(every)
+    done = every[every.index < len(results.runs)]
+    keys = pd.DataFrame({_header(k): done[f"config.{k}"].map(_text) for k in settings}, index=done.index)
+    keys[BUDGET] = budget_keys(done) if not done.empty else pd.Series(dtype=str)
+    show_budget = keys[BUDGET].nunique() > 1
+    groups = []
+    for values, members in keys.groupby(list(keys.columns), sort=True, dropna=False):
+        cells = dict(zip(keys.columns, values if isinstance(values, tuple) else (values,)))
+        if not show_budget:
+            cells.pop(BUDGET)
+        groups.append((cells, every.loc[members.index]))
+    return Groups(every, settings, show_budget, groups)
+
+
+def label(cells: dict[str, str]) -> str:
+    """A group's name: its settings as key=value, or "all runs" where nothing varies."""
+    return ", ".join(f"{k}={v}" for k, v in cells.items()) or "all runs"
+
+
 def compare_table(results: Results) -> pd.DataFrame:
     """One row per group of finished runs (settings, budget), then one row per run in progress; see the module
     docstring. Columns: the varying settings, budget (where it varies), runs, test accuracy, best val accuracy,
     episodes, time, notes."""
-    going = results.in_progress if not results.in_progress.empty else pd.DataFrame(columns=results.runs.columns)
-    every = pd.concat([results.runs, going], ignore_index=True)
-    settings = varying_settings(every)
-    cells = {key: every[f"config.{key}"].map(_text) for key in settings}
-    done = every.index < len(results.runs)
-    budgets = pd.Series("", index=every.index)
-    budgets[done] = budget_keys(every[done]).values if done.any() else []
-    budgets[~done] = "in progress"
-    show_budget = budgets[done].nunique() > 1
-    keys = pd.DataFrame({**cells, BUDGET: budgets}, index=every.index)
+    grouped = group_runs(results)
+    every, done = grouped.every, grouped.every.index < len(results.runs)
     rows = []
-    for group, members in keys[done].groupby(list(keys.columns), sort=True, dropna=False):
-        group = group if isinstance(group, tuple) else (group,)
-        runs = every.loc[members.index]
+    for cells, runs in grouped.groups:
         cell = summarize(runs, command="")
-        time_s = pd.to_numeric(runs["wall_time_s"], errors="coerce").mean()
-        val = pd.to_numeric(runs.loc[runs["run_id"].isin(cell.run_ids), "best_val_accuracy"], errors="coerce")
+        counted = runs[runs["run_id"].isin(cell.run_ids)]
+        val = pd.to_numeric(counted["best_val_accuracy"], errors="coerce")
         rows.append({
-            **{_header(k): v for k, v in zip(settings, group)},
-            **({BUDGET: group[-1]} if show_budget else {}),
+            **cells,
             "runs": cell.completed + cell.collapsed,
             "test accuracy": cell.text,
             "best val accuracy": f"{val.mean():.3f}" if val.notna().any() else "-",
             "episodes": "-" if cell.episodes is None else f"{cell.episodes:,.0f}",
-            "time": _clock(time_s),
+            "time": _clock(pd.to_numeric(counted["wall_time_s"], errors="coerce").mean()),
             "notes": "; ".join(cell.notes),
         })
     for i, run in every[~done].iterrows():
         total = (run.get("epochs") or 0) * (run.get("episodes_per_epoch") or 0)
         rows.append({
-            **{_header(k): cells[k][i] for k in settings},
-            **({BUDGET: "in progress"} if show_budget else {}),
+            **grouped.cells(i),
+            **({BUDGET: "in progress"} if grouped.show_budget else {}),
             "runs": 0,
             "test accuracy": "in progress",
             "best val accuracy": "-",
