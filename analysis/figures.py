@@ -15,7 +15,8 @@ them, are dashed lines with hollow markers in the same colour. Curves: mean over
 with a ±1 std band (ddof=1) where several seeds ran.
 
 A figure none of whose runs exist is reported and not drawn; one with some runs is drawn, and the
-configurations without runs are reported.
+configurations without runs are reported. Where no paper figure has a run, `runs_figure` draws the runs
+there are: validation accuracy against training episodes, a line per compare group (`compare.group_runs`).
 """
 
 from __future__ import annotations
@@ -271,3 +272,45 @@ def make_figures(results: Results, entries: dict[str, Entry], out: Path, keys: l
     """Every figure (or those in `keys`), in order."""
     return [make_figure(key, results, entries, out) for key in (keys or list(SPECS))]
 
+
+
+RUNS_FIGURE = "runs"
+
+
+def runs_figure(results: Results, out: Path) -> Outcome:
+    """Validation accuracy against training episodes, a line per group of runs that differ only in their seed
+    (mean over seeds, ±1 std band, ddof=1): the figure of runs that fill no paper figure."""
+    from .compare import group_runs, label
+
+    fig, ax = _new_axes()
+    try:
+        drawn = 0
+        for cells, runs in group_runs(results).groups:
+            per_run = []
+            for run_id in latest_per_seed(runs)[0]["run_id"]:
+                curve = results.curve(run_id)
+                if "val/accuracy" in curve and curve["val/accuracy"].notna().any():
+                    per_run.append(curve.set_index("episode")["val/accuracy"].rename(run_id))
+            if not per_run:
+                continue
+            table = pd.concat(per_run, axis=1).sort_index()
+            mean, n = table.mean(axis=1), table.shape[1]
+            (line,) = ax.plot(mean.index, mean.values, marker="o" if len(mean) <= 20 else None, markersize=3,
+                              label=f"{label(cells)} ({n} run{'s' if n > 1 else ''})")
+            if n > 1:
+                std = table.std(axis=1, ddof=1)  # over seeds
+                ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
+            drawn += 1
+        if not drawn:
+            return Outcome(RUNS_FIGURE, skipped="no run has a validation curve")
+        ax.set_title("Validation accuracy, a line per group of runs (mean over seeds, ±1 std)", fontsize="medium")
+        ax.set_xlabel("training episodes")
+        ax.set_ylabel("validation accuracy")
+        ax.legend(fontsize="small")
+        out.mkdir(parents=True, exist_ok=True)
+        files = [out / f"{RUNS_FIGURE}.png", out / f"{RUNS_FIGURE}.pdf"]
+        for f in files:
+            fig.savefig(f, dpi=DPI)
+        return Outcome(RUNS_FIGURE, files=files)
+    finally:
+        plt.close(fig)

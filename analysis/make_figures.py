@@ -5,7 +5,9 @@
 
 Writes `figureN.png` (960 x 720 pixels) and `figureN.pdf` under --out (default: <results>/figures)
 and prints one line per figure: the files written, or why it was skipped (no runs for any of its
-configurations) with the sweep that produces them.
+configurations) with the sweep that produces them. Where no figure has a run (a multirun of your own),
+`runs.png` and `runs.pdf` show the runs' validation curves instead, a line per group of runs that differ only
+in their seed (see esmeta-compare).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ if __package__ in (None, ""):  # run as a script (`python analysis/make_figures.
     __package__ = _here.name
 
 from . import cli  # noqa: E402
-from .figures import SPECS, make_figures  # noqa: E402
+from .figures import SPECS, make_figures, runs_figure  # noqa: E402
 from .paper import TABLE_KEYS, load_paper_table  # noqa: E402
 from .tables import SPECS as SPECS_TABLES  # noqa: E402
 from .tables import unplaced_runs  # noqa: E402
@@ -34,15 +36,21 @@ DESCRIPTION = (
     "Rebuild Figures 1-5 of Sheng & He 2021 from esmeta runs (PNG and PDF): 1 test accuracy against train way, "
     "2 validation curves per channel count, 3 finite-differences learning rate against accuracy, 4 one-shot "
     "against five-shot curves, 5 wsr against finite differences. Writes to --out (default: DIR/figures under "
-    "--results); a figure with no runs at all is reported and skipped."
+    "--results); a figure with no runs at all is reported and skipped; where none has a run, runs.png shows the "
+    "runs' validation curves, a line per group of runs that differ only in their seed."
 )
 
 
 def run(argv: list[str] | None) -> int:
     args, entries, results = cli.prepare(PROG, DESCRIPTION, "figures", NAMES, argv, history_keys=FIGURE_KEYS)
     print(f"{cli.describe(results)}.")
-    for outcome in make_figures(results, entries, cli.out_dir(args, "figures"), list(args.only or NAMES)):
+    out = cli.out_dir(args, "figures")
+    outcomes = make_figures(results, entries, out, list(args.only or NAMES))
+    for outcome in outcomes:
         print(outcome.report(entries[outcome.key].command))
+    if not args.only and all(outcome.skipped for outcome in outcomes):  # no paper figure's runs: theirs, a line a group
+        drawn = runs_figure(results, out)
+        print(f"{drawn.key} skipped: {drawn.skipped}" if drawn.skipped else drawn.report(""))
     tables = [(SPECS_TABLES[key], load_paper_table(entries[key])) for key in TABLE_KEYS]
     for line in unplaced_runs(results.runs, tables):  # in no paper row, so in no figure
         print(f"not placed: {line}")

@@ -155,3 +155,18 @@ def test_cli_leaves_out_a_curve_with_a_non_numeric_metric_and_names_it(results_d
     assert ("make_figures: left out the curve of run fig2/c16_s1 (its summary is used): metrics.jsonl row 1: "
             "val/accuracy is 'high', not a number") in done.stderr
     assert "figure2: wrote" in done.stdout and is_drawn(results_dir / "figures" / "figure2.png")
+
+
+def test_runs_of_no_paper_figure_get_their_validation_curves_a_line_per_group(results_dir: Path, make_run,
+                                                                            tmp_path: Path) -> None:
+    for seed in (0, 1):
+        make_run(f"mine/a7_s{seed}", alpha=7, seed=seed, val_curve=curve(0.02 * seed))
+    make_run("mine/a3", alpha=3, val_curve=curve(-0.1))
+    make_run("mine/no_curve", alpha=5)
+    done = make_figures_cli("--results", str(results_dir), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert all(f"{key} skipped: no runs" in done.stdout for key in SPECS)
+    assert f"runs: wrote {results_dir / 'figures' / 'runs.png'}" in done.stdout
+    assert sorted(p.name for p in (results_dir / "figures").iterdir()) == ["runs.pdf", "runs.png"]
+    assert is_drawn(results_dir / "figures" / "runs.png")
+    assert Image.open(results_dir / "figures" / "runs.png").size == PIXELS
