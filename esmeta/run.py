@@ -264,6 +264,10 @@ class FailedJobs(Callback):
         self.failed: list[str] = []
         self.not_started: list[str] = []
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if sweeps.search_trials(config.hydra) is not None:  # a search whose every trial failed: the same line
+            sweeps.end_failed_search_in_one_line(lambda: self.on_multirun_end(config))
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         self.jobs += 1
         if job_return._return_value == JOB_NOT_STARTED:

@@ -8,6 +8,7 @@ earlier one, and the product over the keys in that order (job numbers name the j
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -123,3 +124,28 @@ def product_size(overrides: Sequence[str], stored: Mapping[str, Any], config_loa
     for size in sizes.values():
         n *= size
     return n
+
+
+def end_failed_search_in_one_line(on_failure: Any) -> None:
+    """Where every trial of an Optuna search failed, call `on_failure` (FailedJobs' one line, exit 1), else end in
+    one line, instead of the traceback of Optuna's "No trials are completed yet" (the sweeper asks for the best
+    trial after the last one). Installed once per process, at the start of a search."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    sweep = OptunaSweeperImpl.sweep
+    if getattr(sweep, "esmeta_guard", False):
+        return
+
+    def guarded(self: Any, arguments: Any) -> None:
+        try:
+            return sweep(self, arguments)
+        except ValueError as e:
+            if "No trials are completed" not in str(e):
+                raise
+            on_failure()
+            print("esmeta: error: no trial of the search has a validation accuracy to compare (collapsed or skipped "
+                  "runs: each one's summary.json says why)", file=sys.stderr)
+            sys.exit(1)
+
+    guarded.esmeta_guard = True  # type: ignore[attr-defined]
+    OptunaSweeperImpl.sweep = guarded

@@ -87,3 +87,13 @@ def test_a_tiny_search_maximizes_best_validation_accuracy_and_a_rerun_reuses_onl
     assert sorted(p.parent for p in sweep.glob("*/done")) == jobs  # the seeded sampler asked the same trials ...
     assert [read_summary(j)["finished_at"] for j in jobs] == [s["finished_at"] for s in summaries]  # ... kept, not retrained
     assert yaml.safe_load((sweep / "optimization_results.yaml").read_text()) == found
+
+
+def test_a_search_whose_every_trial_failed_ends_in_one_line_not_optunas_traceback(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # a GPU asked for where JAX has none: the trial fails at its start
+    proc = subprocess.run([sys.executable, "-m", "esmeta.run", "search=fd_lr", "hydra.sweeper.n_trials=1", "scale=smoke",
+                           "logger=none", "hardware.platform=gpu", f"hydra.sweep.dir={tmp_path / 's'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("esmeta: error: ")]
+    assert len(errors) == 2 and "JAX sees no gpu devices" in errors[0] and "1 of 1 jobs failed" in errors[1]
