@@ -487,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except EsmetaError as e:
         fail(str(e))
     _USER_ARGV = [sys.argv[0], *argv]
-    sys.argv = [*_USER_ARGV, *pinned]
+    sys.argv = [sys.argv[0], *with_pinned(argv, pinned)]
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # (training itself first finishes its step and checkpoints)
     _jobs_that_cannot_start_fail_alone()
     try:
@@ -524,6 +524,14 @@ def _report_stop(stop: RunStopped, argv: Sequence[str], key: str, directory: str
 
 
 _USER_ARGV: list[str] | None = None  # the command as typed, without the pinned directory (what provenance records)
+
+
+def with_pinned(argv: Sequence[str], pinned: Sequence[str]) -> list[str]:
+    """The command line handed to Hydra: the pinned directory right after the last override (so it wins over one
+    the user typed), since Hydra's parser takes the overrides as one run of words (appended after `a=1 --multirun`,
+    it was refused: "unrecognized arguments: hydra.sweep.dir=...")."""
+    end = max((i + 1 for i, a in enumerate(argv) if not a.startswith("-")), default=len(argv))
+    return [*argv[:end], *pinned, *argv[end:]]
 
 
 def pin_directory(out: Path, multirun: bool) -> str:

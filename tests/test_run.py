@@ -304,3 +304,14 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on_then_a_rerun_finishes_o
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_summary(blocked.parent)["status"] == "completed"
     assert {name: (sweep / name / "summary.json").read_bytes() for name in others} == before  # not retrained
+
+
+@pytest.mark.parametrize("argv", [["a=1", "b=2", "--multirun"], ["-m", "a=1", "b=2"], ["a=1", "-m"], ["--multirun"]])
+def test_the_pinned_directory_joins_the_overrides_wherever_the_multirun_flag_stands(argv):
+    """`... seed=0 --multirun` was refused by Hydra's parser (the directory was appended after the flag)."""
+    from hydra._internal.utils import get_args_parser
+
+    from esmeta.run import with_pinned
+
+    args = get_args_parser().parse_args(with_pinned(argv, ["hydra.sweep.dir=/tmp/x"]))
+    assert args.multirun and args.overrides == [*(a for a in argv if "=" in a), "hydra.sweep.dir=/tmp/x"]
