@@ -115,7 +115,7 @@ def test_committed_archive_tables_are_what_make_tables_rebuilds(tmp_path: Path) 
             f"python analysis/archive.py (or make_tables --results {ARCHIVE} --out {ARCHIVE}/tables)"
 
 
-@pytest.mark.parametrize("archive", [ARCHIVE, Path("results") / "fd_readings"])
+@pytest.mark.parametrize("archive", [ARCHIVE, Path("results") / "fd_readings", Path("results") / "readings"])
 def test_every_archived_run_names_what_produced_it_and_holds_no_large_files(archive: Path) -> None:
     runs = archived_runs(archive)
     assert runs
