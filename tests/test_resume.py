@@ -211,3 +211,26 @@ def test_a_setting_added_after_a_checkpoint_compares_as_its_default():
     assert config_difference(saved, current) is None  # written before estimator.antithetic existed; its default
     changed = {**current, "estimator": {**current["estimator"], "antithetic": not current["estimator"]["antithetic"]}}
     assert config_difference(saved, changed) == "estimator.antithetic: False -> True"
+
+
+def test_ctrl_c_in_a_multirun_stops_the_sweep_in_one_line_and_the_same_command_continues_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "esmeta.run", "-m", *WSR_RUN, "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    def first_job_checkpointed() -> bool:
+        return any(checkpoint_step(job) is not None for job in sweep.glob("0_*"))
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not first_job_checkpointed():
+        time.sleep(0.01)
+    assert proc.poll() is None, "the sweep ended before it could be stopped"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1, stderr[-3000:]
+    assert "stopped by SIGINT, not finished (at episode" in lines[0] and f"hydra.sweep.dir={sweep}" in lines[0]
+    assert not list(sweep.glob("1_*"))  # the sweep stopped: its next job never started
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    jobs = sorted(sweep.glob("[01]_*"))
+    assert len(jobs) == 2 and all(read_summary(job)["episodes"] == 3 * EPISODES_PER_EPOCH for job in jobs)
