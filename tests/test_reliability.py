@@ -212,14 +212,17 @@ def test_a_multirun_goes_on_past_a_failing_job_and_a_rerun_redoes_only_it(tmp_pa
     assert (sweep / "1" / "summary.json").read_bytes() == kept  # not retrained
 
 
+def flip_a_params_byte(run: Path) -> None:
+    """Damage a run's params.msgpack by one bit, as a disk or a careless edit would."""
+    flip_a_params_byte(run)
+
+
 def test_load_run_on_damaged_files_is_one_data_error_naming_them(finished, tmp_path):
     import shutil
 
     run = tmp_path / "copy"
     shutil.copytree(finished, run)
-    params = bytearray((run / "params.msgpack").read_bytes())
-    params[-3] ^= 0x01
-    (run / "params.msgpack").write_bytes(bytes(params))
+    flip_a_params_byte(run)
     with pytest.raises(DataError, match="params.msgpack is damaged.*checksum"):
         esmeta.load_run(run)
     (run / "summary.json").write_text('{"status": "completed", "conf')
@@ -243,9 +246,7 @@ def test_load_run_refuses_a_collapsed_run_and_parameters_it_cannot_verify(finish
     with pytest.raises(DataError, match="status is 'collapsed', not 'completed'"):
         esmeta.load_run(run)
     (run / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "params_sha256"}))
-    params = bytearray((run / "params.msgpack").read_bytes())
-    params[-3] ^= 0x01
-    (run / "params.msgpack").write_bytes(bytes(params))
+    flip_a_params_byte(run)
     with pytest.raises(DataError, match="records no params_sha256, so its parameters cannot be verified"):
         esmeta.load_run(run)
 
@@ -255,9 +256,7 @@ def test_a_rerun_onto_a_finished_run_with_damaged_parameters_is_refused_not_kept
 
     run = tmp_path / "copy"
     shutil.copytree(finished, run)
-    params = bytearray((run / "params.msgpack").read_bytes())
-    params[-3] ^= 0x01
-    (run / "params.msgpack").write_bytes(bytes(params))
+    flip_a_params_byte(run)
     before = tree_bytes(run)
     proc = run_cli(*FAST, f"hydra.run.dir={run}", cwd=tmp_path)
     assert_one_line_error(proc, f"{run} holds a finished run whose params.msgpack is missing, damaged",
