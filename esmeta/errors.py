@@ -36,4 +36,3 @@ class RunStopped(BaseException):  # noqa: N818 (a stop, like KeyboardInterrupt, 
         self.why = why  # what stopped it: "SIGTERM", "train.allocation_minutes=170 reached", ...
         self.exit_status = exit_status
         self.where = where  # the episode reached and the checkpoint, where training had begun
-        self.output: tuple[str, str] | None = None  # (setting, directory) a rerun continues in (set by esmeta.run)

@@ -345,9 +345,6 @@ def _job(cfg: DictConfig) -> float | str | None:
     try:
         config = config_from_omegaconf(cfg)
         summary = train(config, run_dir, job)
-    except RunStopped as stop:  # say where the command continues: the run's directory, or the whole sweep's
-        stop.output = ("hydra.sweep.dir", str(hc.sweep.dir)) if multirun else ("hydra.run.dir", str(run_dir))
-        raise
     except Exception as e:
         return _job_failed(e, config, run_dir, job, multirun)
     # Through logging, not print: Hydra's handlers put it on stdout and in the job's .log (SLURM, nohup, sweeps).
@@ -493,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _job()
     except RunStopped as stop:
-        _report_stop(stop, argv, *(stop.output or _planned_output(lock, multirun)))
+        _report_stop(stop, argv, *_planned_output(lock, multirun))
     except KeyboardInterrupt:
         _report_stop(RunStopped("SIGINT", 128 + signal.SIGINT), argv, *_planned_output(lock, multirun))
     finally:
@@ -506,7 +503,8 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _planned_output(lock: Any, multirun: bool) -> tuple[str, str]:
-    """(the setting, the directory) the command writes to, as checked before it started."""
+    """(the setting, the directory) the command writes to, as checked and pinned before it started: the run's
+    directory, or the whole sweep's."""
     return ("hydra.sweep.dir" if multirun else "hydra.run.dir", str(lock.directory) if lock is not None else "")
 
 
