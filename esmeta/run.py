@@ -25,7 +25,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from esmeta import cost, sweeps
+from esmeta import cost, hydra_internals, sweeps
 from esmeta.config import Config, from_mapping
 from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError, RunStopped, first_line
 from esmeta.results import CHECKPOINT
@@ -115,7 +115,6 @@ class Plan:
 def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
     """Every job a command means (see esmeta.sweeps), each composed and validated; nothing is written."""
     from hydra import compose, initialize_config_module
-    from hydra._internal.config_loader_impl import get_overrides_dirname  # the job directory's name, as Hydra's
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
@@ -162,8 +161,8 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
                 config = config_from_omegaconf(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
                 directory = out
                 if multirun and complete:
-                    name = get_overrides_dirname([o for o in job_parsed if not o.is_hydra_override()],
-                                                 list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep)
+                    name = hydra_internals.override_dirname([o for o in job_parsed if not o.is_hydra_override()],
+                                                            dirname.exclude_keys, dirname.item_sep, dirname.kv_sep)
                     directory = _job_directory(cfg, out, number, name)
             except ConfigError as e:
                 if not multirun:
@@ -195,14 +194,11 @@ def _job_directory(cfg: DictConfig, out: Path, number: int, override_dirname: st
     with open_dict(cfg):
         cfg.hydra.job.num = cfg.hydra.job.id = number
         cfg.hydra.job.override_dirname = override_dirname
-    saved = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the subdir, as Hydra's run_job does
     try:
-        subdir = OmegaConf.select(cfg, "hydra.sweep.subdir", throw_on_resolution_failure=True)
+        with hydra_internals.hydra_config_as(cfg):  # for ${hydra:...} in the subdir
+            subdir = OmegaConf.select(cfg, "hydra.sweep.subdir", throw_on_resolution_failure=True)
     except Exception as e:  # an unresolvable interpolation in the subdir
         raise ConfigError(f"cannot resolve hydra.sweep.subdir: {first_line(e)}") from None
-    finally:
-        HydraConfig.instance().cfg = saved
     return Path(os.path.normpath(out / _check_path("hydra.sweep.subdir", subdir)))
 
 
@@ -266,13 +262,14 @@ class FailedJobs(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if sweeps.search_trials(config.hydra) is not None:  # a search whose every trial failed: the same line
-            sweeps.end_failed_search_in_one_line(lambda: self.on_multirun_end(config))
+            hydra_internals.guard_optuna_search(lambda: self._no_trial_completed(config))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         self.jobs += 1
-        if job_return._return_value == JOB_NOT_STARTED:
+        value = hydra_internals.job_return_value(job_return)
+        if value == JOB_NOT_STARTED:
             self.not_started.append(str(config.hydra.runtime.output_dir))
-        elif job_return.status == JobStatus.FAILED or job_return._return_value == JOB_FAILED:
+        elif job_return.status == JobStatus.FAILED or value == JOB_FAILED:
             self.failed.append(str(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -285,34 +282,24 @@ class FailedJobs(Callback):
                   "only those", file=sys.stderr)
             sys.exit(1)
 
+    def _no_trial_completed(self, config: DictConfig) -> None:
+        """An Optuna search none of whose trials has a validation accuracy: the failed count's line, else this one."""
+        self.on_multirun_end(config)
+        print("esmeta: error: no trial of the search has a validation accuracy to compare (collapsed or skipped "
+              "runs: each one's summary.json says why)", file=sys.stderr)
+        sys.exit(1)
 
-def _jobs_that_cannot_start_fail_alone() -> None:
-    """Make a job that Hydra's basic launcher cannot start (its directory cannot be created, its log file not
-    opened) that job's failure, reported in one line, instead of the end of the sweep: the directories are checked
-    before the first job (`plan_jobs`), but one can go away meanwhile. Hydra takes launchers only from its plugin
-    package, so this wraps the launcher's `run_job`."""
-    from hydra._internal.core_plugins import basic_launcher
 
-    run_job = basic_launcher.run_job
-    if getattr(run_job, "esmeta", False):
-        return
-
-    def run_job_or_fail(*, config: DictConfig, hydra_context: Any, **kwargs: Any) -> JobReturn:
-        try:
-            return run_job(config=config, hydra_context=hydra_context, **kwargs)
-        except Exception as e:  # run_job catches the task's errors: this one came before the task started
-            out = config.hydra.runtime.get("output_dir") or config.hydra.sweep.dir
-            while e.__cause__ is not None:  # logging's "Unable to configure handler" wraps the OSError that says why
-                e = e.__cause__
-            print(f"esmeta: error: job {config.hydra.job.num} cannot start in {out} ({first_line(e)}); "
-                  "free that path and rerun the same command", file=sys.stderr)
-            ret = JobReturn(overrides=list(config.hydra.overrides.task), status=JobStatus.COMPLETED,
-                            _return_value=JOB_NOT_STARTED)
-            hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-            return ret
-
-    run_job_or_fail.esmeta = True  # type: ignore[attr-defined]
-    basic_launcher.run_job = run_job_or_fail
+def _cannot_start(config: DictConfig, error: BaseException) -> str:
+    """A job that Hydra's basic launcher cannot start (its directory cannot be created, its log file not opened):
+    that job's failure, reported in one line, instead of the end of the sweep. The directories are checked before
+    the first job (`plan_jobs`), but one can go away meanwhile."""
+    out = config.hydra.runtime.get("output_dir") or config.hydra.sweep.dir
+    while error.__cause__ is not None:  # logging's "Unable to configure handler" wraps the OSError that says why
+        error = error.__cause__
+    print(f"esmeta: error: job {config.hydra.job.num} cannot start in {out} ({first_line(error)}); "
+          "free that path and rerun the same command", file=sys.stderr)
+    return JOB_NOT_STARTED
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
@@ -439,10 +426,6 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                     "--config-dir", "-cd", "--experimental-rerun")  # Hydra's flags that take the next word
-
-
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
     """(overrides, multirun?, other flags?) from the command line.
 
@@ -456,7 +439,7 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
         elif a.startswith("-"):
             if a not in ("-m", "--multirun"):
                 flags.append(a)
-                after_flag = a in HYDRA_VALUE_FLAGS
+                after_flag = a in hydra_internals.HYDRA_VALUE_FLAGS
         else:
             overrides.append(a)
     return overrides, multirun, bool(flags)
@@ -486,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _USER_ARGV = [sys.argv[0], *argv]
     sys.argv = [sys.argv[0], *with_pinned(argv, pinned)]
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # (training itself first finishes its step and checkpoints)
-    _jobs_that_cannot_start_fail_alone()
+    hydra_internals.guard_basic_launcher(_cannot_start)
     try:
         _job()
     except RunStopped as stop:
