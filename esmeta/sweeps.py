@@ -1,6 +1,6 @@
 """What jobs a command means: every job of a multirun, in the order Hydra's basic sweeper launches them.
 
-The one room for sweep grids. The pre-launch check and the dry run (`esmeta.run`) and the W&B sweep
+The one room for sweep grids. The pre-launch check (`esmeta.prelaunch`), the dry run and the W&B sweep
 generator (`esmeta.wandb_sweeps`) ask this module, so what they list is what Hydra will run: a stored
 sweep's grid (`hydra.sweeper.params`) first, then the command line, a later value of a key replacing an
 earlier one, and the product over the keys in that order (job numbers name the job directories).

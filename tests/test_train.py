@@ -9,9 +9,9 @@ import pytest
 import esmeta
 from esmeta.config import EstimatorConfig
 from esmeta.data import sample_episode, split_classes
+from esmeta.prelaunch import check_overrides
 from esmeta.protonet import init_params
 from esmeta.results import read_metrics
-from esmeta.run import check_overrides
 from esmeta.train import accuracy_stats, episode_keys, make_optimizer, metrics_fn, run_keys, train
 
 
