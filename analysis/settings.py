@@ -45,7 +45,7 @@ SETTINGS = (
 @cache
 def defaults(estimator: str) -> dict[str, Any]:
     """SETTINGS as `python -m esmeta.run estimator=<estimator>` composes them today."""
-    from esmeta.run import check_overrides  # Hydra: only when a table is built
+    from esmeta.prelaunch import check_overrides  # Hydra: only when a table is built
 
     (config,) = check_overrides([f"estimator={estimator}"])
     tree = asdict(config)

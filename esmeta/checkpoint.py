@@ -54,7 +54,7 @@ class Progress:
     seconds: float = 0.0  # wall time spent before this process started
     budget_seconds: float = 0.0  # budget clock spent before this process started
     segments: list[dict[str, Any]] = field(default_factory=list)  # one per process that trained it (an allocation):
-    # episodes, wall and CPU time, commit and machine (train.segment_recorder); absent in checkpoints before them
+    # episodes, wall and CPU time, commit and machine (allocation.segment_recorder); absent in checkpoints before them
 
 
 @dataclass(frozen=True)

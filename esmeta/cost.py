@@ -66,7 +66,8 @@ def measure(config: Config, min_steps: int = 2, max_steps: int = 5, seconds: flo
     """Time one job's shape here: the step's first two calls (compilation) and then `min_steps` to `max_steps`
     steps (stopping after `seconds`), and an evaluation of two episodes."""
     from esmeta.hardware import make_mesh
-    from esmeta.train import build, episode_keys, make_evaluator
+    from esmeta.metrics import episode_keys, make_evaluator
+    from esmeta.train import build
 
     run = scaled(config)
     mesh, shards = make_mesh(run.hardware)

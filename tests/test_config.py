@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_module
 
 from esmeta.config import ESTIMATORS, Config, from_mapping
 from esmeta.errors import ConfigError
-from esmeta.run import check_overrides
+from esmeta.prelaunch import check_overrides
 from esmeta.sweeps import CONFIG_MODULE
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from esmeta.run import plan_jobs
+from esmeta.prelaunch import plan_jobs
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

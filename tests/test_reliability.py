@@ -17,8 +17,8 @@ from flax import serialization
 import esmeta
 from esmeta import checkpoint
 from esmeta.errors import ConfigError, DataError
+from esmeta.prelaunch import plan_jobs
 from esmeta.results import LOCK, DirLock, atomic_write_bytes, read_metrics, read_summary
-from esmeta.run import plan_jobs
 
 # As tests/test_run.py's (test modules are not importable from one another here).
 FAST = ["task.train_way=5", "task.shot=1", "task.query=2", "task.test_query=5", "model.channels=4", "train.epochs=2",

@@ -13,7 +13,7 @@ import pytest
 
 from esmeta.config import Config, EstimatorConfig, HardwareConfig, ScaleConfig, check_fits_scale
 from esmeta.errors import NeedsAcceleratorError
-from esmeta.run import plan_command
+from esmeta.prelaunch import plan_command
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from esmeta.errors import ConfigError
+from esmeta.prelaunch import check_overrides, plan_jobs
 from esmeta.results import read_summary
-from esmeta.run import check_overrides, plan_jobs
 from esmeta.sweeps import group_options
 
 TINY = ("scale=smoke", "train.epochs=2", "train.episodes_per_epoch=3", "model.channels=4", "task.train_way=5",

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from esmeta.config import scaled
+from esmeta.prelaunch import check_overrides
 from esmeta.results import read_summary
-from esmeta.run import check_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"

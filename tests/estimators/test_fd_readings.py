@@ -15,7 +15,7 @@ import pytest
 from esmeta.config import EstimatorConfig
 from esmeta.estimators import make_estimator
 from esmeta.estimators.finite_diff import probe_coordinates
-from esmeta.run import check_overrides
+from esmeta.prelaunch import check_overrides
 from esmeta.train import make_optimizer
 
 D, H = 6, 0.25
