@@ -7,22 +7,19 @@ Every check raises `ConfigError` with one line naming the setting, its value, th
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from esmeta.errors import ConfigError, NeedsAcceleratorError
-
-IMAGES_PER_CLASS = 20  # every Omniglot character has 20 drawings
-MIN_IMAGE_SIZE = 16  # four 2x2 max-pools need at least 16 pixels to leave a 1x1 map
-MAX_IMAGE_SIZE = 105  # the source images are 105x105; we never upsample
+from esmeta import rules
+from esmeta.data.omniglot import IMAGES_PER_CLASS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, RESIZE_FILTERS
+from esmeta.data.splits import SPLITS, split_sizes
+from esmeta.errors import ConfigError
+from esmeta.rules import Namer
 
 ESTIMATORS = ("backprop", "wsr", "finite_diff", "forward_mode")
 POPULATION_ESTIMATORS = ("wsr", "finite_diff")  # with a population of candidates; the others are exact
 DISTANCES = ("euclidean", "cosine")
-SPLITS = ("paper", "vinyals", "lake")
-RESIZE_FILTERS = ("antialias", "nearest")
 NORM_STATS = ("running", "episode", "support")
 OPTIMIZERS = ("sgd", "adam")
 FITNESS_SHAPINGS = ("zscore", "centered_rank")
@@ -36,10 +33,6 @@ PROGRESS = ("auto", "on", "off")
 BUDGET_CLOCKS = ("wall", "cpu")
 LOGGERS = ("wandb", "none")
 SCALES = ("paper", "cpu", "smoke", "custom")
-INT_LIMIT = 2**63  # every integer setting must fit a signed 64-bit integer (what JAX and numpy take)
-INT32_MAX = 2**31 - 1  # sizes and counters reach JAX as int32 (array dimensions, candidate indices, episode numbers)
-FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: below it a step size or a perturbation is lost
-FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: above it a setting is inf in the math
 SEEDS = ("seed", "eval.seed", "data.split_seed")
 
 
@@ -150,7 +143,6 @@ class EstimatorConfig:
 
 
 TOP_SIGMA = "<sigma>"  # in an own config's FROM: the top-level `sigma` setting, not one of the section's
-Namer = Callable[[str], str]  # an own config's field (or "shards", "population") -> the name its user wrote
 
 
 def config_name(own: type) -> Namer:
@@ -167,17 +159,11 @@ def config_name(own: type) -> Namer:
     return name
 
 
-def _check_fields(config: Any, name: Namer) -> None:
-    """Every field's type, for configs built in Python rather than from a mapping."""
-    for f in fields(config):
-        _coerce(name(f.name), getattr(config, f.name), f.type)
-
-
 def _check_evaluation(config: Any, name: Namer) -> None:
     """The candidate-evaluation settings the population estimators share."""
-    _choice(name("fitness_precision"), config.fitness_precision, FITNESS_PRECISIONS)
-    _choice(name("eval_mode"), config.eval_mode, EVAL_MODES)
-    _positive(name("chunk_size"), config.chunk_size, allow_zero=True)
+    rules.choice(name("fitness_precision"), config.fitness_precision, FITNESS_PRECISIONS)
+    rules.choice(name("eval_mode"), config.eval_mode, EVAL_MODES)
+    rules.positive(name("chunk_size"), config.chunk_size, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -202,19 +188,19 @@ class WsrConfig:
 
     def check(self, name: Namer) -> None:
         """What holds whichever estimator runs: types and options."""
-        _check_fields(self, name)
-        _choice(name("fitness_shaping"), self.fitness_shaping, FITNESS_SHAPINGS)
-        _choice(name("normalize"), self.normalize, NORMALIZATIONS)
-        _choice(name("shard_episodes"), self.shard_episodes, SHARD_EPISODES)
-        _positive(name("rank"), self.rank, allow_zero=True)
+        rules.check_fields(self, name)
+        rules.choice(name("fitness_shaping"), self.fitness_shaping, FITNESS_SHAPINGS)
+        rules.choice(name("normalize"), self.normalize, NORMALIZATIONS)
+        rules.choice(name("shard_episodes"), self.shard_episodes, SHARD_EPISODES)
+        rules.positive(name("rank"), self.rank, allow_zero=True)
         _check_evaluation(self, name)
 
     def validate(self, shards: int, name: Namer) -> None:
         """`check` and the rules of running wsr on `shards` shards (0: not known yet, one per device)."""
         self.check(name)
-        _positive(name("pop_per_shard"), self.pop_per_shard)
-        _positive(name("sigma"), self.sigma)
-        _float32(name("sigma"), self.sigma)
+        rules.positive(name("pop_per_shard"), self.pop_per_shard)
+        rules.positive(name("sigma"), self.sigma)
+        rules.float32(name("sigma"), self.sigma)
         if self.antithetic and self.pop_per_shard % 2:
             raise ConfigError(
                 f"{name('antithetic')}=true needs an even {name('pop_per_shard')} (mirrored pairs), "
@@ -250,16 +236,16 @@ class FiniteDiffConfig:
 
     def check(self, name: Namer) -> None:
         """What holds whichever estimator runs: types and options."""
-        _check_fields(self, name)
-        _choice(name("reduce"), self.reduce, FD_REDUCES)
+        rules.check_fields(self, name)
+        rules.choice(name("reduce"), self.reduce, FD_REDUCES)
         _check_evaluation(self, name)
 
     def validate(self, shards: int, name: Namer) -> None:
         """`check` and the rules of running finite differences."""
         self.check(name)
-        _positive(name("pop_per_shard"), self.pop_per_shard)
-        _positive(name("sigma"), self.sigma)
-        _float32(name("sigma"), self.sigma)
+        rules.positive(name("pop_per_shard"), self.pop_per_shard)
+        rules.positive(name("sigma"), self.sigma)
+        rules.float32(name("sigma"), self.sigma)
 
 
 @dataclass(frozen=True)
@@ -272,8 +258,8 @@ class ForwardModeConfig:
     chunk_size: int = 0
 
     def check(self, name: Namer) -> None:
-        _check_fields(self, name)
-        _positive(name("chunk_size"), self.chunk_size, allow_zero=True)
+        rules.check_fields(self, name)
+        rules.positive(name("chunk_size"), self.chunk_size, allow_zero=True)
 
     def validate(self, shards: int, name: Namer) -> None:
         self.check(name)
@@ -379,38 +365,6 @@ _SECTION_TYPES = {
 PASSTHROUGH_KEYS = frozenset({"hydra", "sweep", "experiment", "cluster", "point"})
 
 
-def _coerce(key: str, value: Any, typ: Any) -> Any:
-    """Check one leaf value against its declared type; ints are accepted where floats are."""
-    typ = str(typ).replace("typing.", "")
-    optional = "None" in typ
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key} is missing (null); set it on the command line, e.g. {key}=<value>")
-    base = typ.split("|")[0].strip()
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}={value!r} must be true or false")
-    if base == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r} must be an integer")
-        if not -INT_LIMIT <= value < INT_LIMIT:
-            raise ConfigError(f"{key}={value} is out of range; use an integer below 2^63 = {INT_LIMIT}")
-        return value
-    if base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r} must be a number")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r} must be a finite number")
-        return float(value)
-    if base == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} must be a string")
-        return value
-    raise AssertionError(f"unhandled config type {typ} for {key}")  # a bug in this module, not user input
-
-
 def _build_section(name: str, cls: type, values: Any) -> Any:
     if not isinstance(values, Mapping):
         raise ConfigError(f"{name} must be a group of settings, got {values!r}")
@@ -423,7 +377,7 @@ def _build_section(name: str, cls: type, values: Any) -> Any:
     kwargs = {}
     for key, f in declared.items():
         if key in values:
-            kwargs[key] = _coerce(f"{name}.{key}", values[key], f.type)
+            kwargs[key] = rules.coerce(f"{name}.{key}", values[key], f.type)
     return cls(**kwargs)
 
 
@@ -439,42 +393,10 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
         if name in _SECTION_TYPES:
             kwargs[name] = _build_section(name, _SECTION_TYPES[name], raw[name])
         else:
-            kwargs[name] = _coerce(name, raw[name], typ)
+            kwargs[name] = rules.coerce(name, raw[name], typ)
     config = Config(**kwargs)
     validate(config)
     return config
-
-
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not an option; choose one of: {', '.join(choices)}")
-
-
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        rule = "at least 0" if allow_zero else "positive"
-        raise ConfigError(f"{key}={value:g} must be {rule}")
-
-
-def _float32(key: str, value: float) -> None:
-    """A setting the float32 math uses: 0 or a normal float32, never one that underflows to 0 (or a denormal,
-    which the CPU flushes to 0: a zero step or perturbation, an untrained model) or overflows to inf."""
-    if value and abs(value) < FLOAT32_TINY:
-        raise ConfigError(f"{key}={value!r} underflows float32 (the math would see 0); use at least {FLOAT32_TINY:.3g}")
-    if abs(value) > FLOAT32_MAX:
-        raise ConfigError(f"{key}={value!r} overflows float32 (the math would see inf); use at most {FLOAT32_MAX:.3g}")
-
-
-def _int32(key: str, value: int) -> None:
-    """A size or counter that JAX holds as an int32 (an array dimension, a candidate index, an episode number)."""
-    if value > INT32_MAX:
-        raise ConfigError(f"{key}={value} is too large: JAX counts it in 32-bit integers; use at most {INT32_MAX}")
-
-
-def _path(key: str, value: str | None) -> None:
-    """A folder setting: unset (null) for the default, never empty (which would mean the current directory)."""
-    if value is not None and not value.strip():
-        raise ConfigError(f"{key}={value!r} is an empty path; give a folder, or leave it unset (null) for the default")
 
 
 def validate_estimator(e: EstimatorConfig, sigma: float, shards: int = 0) -> None:
@@ -483,22 +405,22 @@ def validate_estimator(e: EstimatorConfig, sigma: float, shards: int = 0) -> Non
     `shards` 0 means not known yet (one per device). Shared by `validate` and `esmeta.estimators.make_estimator`.
     """
     section = lambda key: f"estimator.{key}"  # noqa: E731
-    _check_fields(e, section)
-    _coerce("sigma", sigma, "float")
-    _coerce("hardware.shards", shards, "int")
-    _positive("hardware.shards", shards, allow_zero=True)
-    _choice("estimator.name", e.name, ESTIMATORS)
-    _choice("estimator.optimizer", e.optimizer, OPTIMIZERS)
-    _positive("estimator.lr_decay_every", e.lr_decay_every, allow_zero=True)
-    _positive("estimator.lr_decay_factor", e.lr_decay_factor)
-    _positive("estimator.weight_decay", e.weight_decay, allow_zero=True)
+    rules.check_fields(e, section)
+    rules.coerce("sigma", sigma, "float")
+    rules.coerce("hardware.shards", shards, "int")
+    rules.positive("hardware.shards", shards, allow_zero=True)
+    rules.choice("estimator.name", e.name, ESTIMATORS)
+    rules.choice("estimator.optimizer", e.optimizer, OPTIMIZERS)
+    rules.positive("estimator.lr_decay_every", e.lr_decay_every, allow_zero=True)
+    rules.positive("estimator.lr_decay_factor", e.lr_decay_factor)
+    rules.positive("estimator.weight_decay", e.weight_decay, allow_zero=True)
     for key in ("lr_decay_factor", "weight_decay"):
-        _float32(f"estimator.{key}", getattr(e, key))
+        rules.float32(f"estimator.{key}", getattr(e, key))
     for key in ("pop_per_shard", "chunk_size", "rank", "lr_decay_every"):
-        _int32(f"estimator.{key}", getattr(e, key))
-    _int32("hardware.shards", shards)
+        rules.int32(f"estimator.{key}", getattr(e, key))
+    rules.int32("hardware.shards", shards)
     if e.is_es:
-        _int32("estimator.pop_per_shard x hardware.shards", e.pop_per_shard * max(shards, 1))
+        rules.int32("estimator.pop_per_shard x hardware.shards", e.pop_per_shard * max(shards, 1))
     for own in OWN_CONFIGS.values():
         _own_config(own, e, sigma).check(config_name(own))
     if e.shard_episodes != "shared" and e.name != "wsr":
@@ -509,15 +431,13 @@ def validate_estimator(e: EstimatorConfig, sigma: float, shards: int = 0) -> Non
 
 def validate(config: Config) -> None:
     """Cross-field checks that need no data and no JAX; raises ConfigError on the first problem."""
-    from esmeta.data.splits import split_sizes  # static sizes, no data loaded
-
     t, d, e, h = config.task, config.data, config.estimator, config.hardware
     for key, seed in zip(SEEDS, (config.seed, config.eval.seed, d.split_seed)):
-        _positive(key, seed, allow_zero=True)
-    _positive("alpha", config.alpha)
-    _float32("alpha", config.alpha)
+        rules.positive(key, seed, allow_zero=True)
+    rules.positive("alpha", config.alpha)
+    rules.float32("alpha", config.alpha)
     for key in ("train_way", "shot", "query", "test_way", "test_shot", "test_query"):
-        _positive(f"task.{key}", getattr(t, key))
+        rules.positive(f"task.{key}", getattr(t, key))
     if t.train_way < 2 or t.test_way < 2:
         raise ConfigError(f"task.train_way and task.test_way must be at least 2 (got {t.train_way}, {t.test_way})")
     for shot_key, query_key in (("shot", "query"), ("test_shot", "test_query")):
@@ -527,7 +447,7 @@ def validate(config: Config) -> None:
                 f"task.{shot_key} + task.{query_key} = {shot} + {query} = {shot + query} exceeds the "
                 f"{IMAGES_PER_CLASS} images of an Omniglot class; lower one of them"
             )
-    _choice("data.split", d.split, SPLITS)
+    rules.choice("data.split", d.split, SPLITS)
     n_train, n_val, n_test = split_sizes(d.split)
     for key, way, n_classes, part in (
         ("task.train_way", t.train_way, n_train, "train"),
@@ -543,62 +463,35 @@ def validate(config: Config) -> None:
             f"data.image_size={d.image_size} must be between {MIN_IMAGE_SIZE} (four 2x2 pools) and "
             f"{MAX_IMAGE_SIZE} (the source size); the paper uses 32, Snell et al. 28"
         )
-    _choice("data.resize_filter", d.resize_filter, RESIZE_FILTERS)
-    _path("data.root", d.root)
-    _path("data.cache_dir", d.cache_dir)
-    _positive("model.channels", config.model.channels)
-    _int32("model.channels", config.model.channels)
-    _choice("model.norm_stats", config.model.norm_stats, NORM_STATS)
-    _choice("distance.name", config.distance.name, DISTANCES)
-    _positive("distance.scale", config.distance.scale)
-    _float32("distance.scale", config.distance.scale)
-    _positive("train.epochs", config.train.epochs)
-    _positive("train.episodes_per_epoch", config.train.episodes_per_epoch)
-    _positive("train.max_minutes", config.train.max_minutes, allow_zero=True)
-    _positive("train.allocation_minutes", config.train.allocation_minutes, allow_zero=True)
-    _choice("train.progress", config.train.progress, PROGRESS)
-    _choice("train.budget_clock", config.train.budget_clock, BUDGET_CLOCKS)
-    _positive("train.checkpoint_every", config.train.checkpoint_every, allow_zero=True)
-    _positive("eval.val_episodes", config.eval.val_episodes, allow_zero=True)
-    _positive("eval.test_episodes", config.eval.test_episodes)
-    _int32("eval.val_episodes", config.eval.val_episodes)
-    _int32("eval.test_episodes", config.eval.test_episodes)
-    _int32("train.epochs x train.episodes_per_epoch", config.train.epochs * config.train.episodes_per_epoch)
+    rules.choice("data.resize_filter", d.resize_filter, RESIZE_FILTERS)
+    rules.path("data.root", d.root)
+    rules.path("data.cache_dir", d.cache_dir)
+    rules.positive("model.channels", config.model.channels)
+    rules.int32("model.channels", config.model.channels)
+    rules.choice("model.norm_stats", config.model.norm_stats, NORM_STATS)
+    rules.choice("distance.name", config.distance.name, DISTANCES)
+    rules.positive("distance.scale", config.distance.scale)
+    rules.float32("distance.scale", config.distance.scale)
+    rules.positive("train.epochs", config.train.epochs)
+    rules.positive("train.episodes_per_epoch", config.train.episodes_per_epoch)
+    rules.positive("train.max_minutes", config.train.max_minutes, allow_zero=True)
+    rules.positive("train.allocation_minutes", config.train.allocation_minutes, allow_zero=True)
+    rules.choice("train.progress", config.train.progress, PROGRESS)
+    rules.choice("train.budget_clock", config.train.budget_clock, BUDGET_CLOCKS)
+    rules.positive("train.checkpoint_every", config.train.checkpoint_every, allow_zero=True)
+    rules.positive("eval.val_episodes", config.eval.val_episodes, allow_zero=True)
+    rules.positive("eval.test_episodes", config.eval.test_episodes)
+    rules.int32("eval.val_episodes", config.eval.val_episodes)
+    rules.int32("eval.test_episodes", config.eval.test_episodes)
+    rules.int32("train.epochs x train.episodes_per_epoch", config.train.epochs * config.train.episodes_per_epoch)
 
     validate_estimator(e, config.sigma, h.shards)  # and hardware.shards
-    _choice("hardware.platform", h.platform, PLATFORMS)
-    _positive("hardware.devices", h.devices, allow_zero=True)
-    _positive("hardware.cpu_devices", h.cpu_devices, allow_zero=True)
-    _positive("hardware.processes", h.processes)
-    _choice("logger.name", config.logger.name, LOGGERS)
-    _choice("scale.name", config.scale.name, SCALES)
-    _positive("scale.max_pop_per_shard", config.scale.max_pop_per_shard, allow_zero=True)
-    _positive("scale.max_shards", config.scale.max_shards, allow_zero=True)
-    _positive("scale.max_population", config.scale.max_population, allow_zero=True)
-
-
-def scaled(config: Config) -> Config:
-    """The configuration a run executes: `scale`'s caps applied to the population and the shards.
-
-    The requested values stay in `config` (and in the summary's `config`), so that a smoke run of a
-    paper configuration is still found under that configuration; the summary records what ran.
-    """
-    s, e, h = config.scale, config.estimator, config.hardware
-    if s.max_pop_per_shard and e.pop_per_shard > s.max_pop_per_shard:
-        e = dataclasses.replace(e, pop_per_shard=s.max_pop_per_shard)
-    if s.max_shards and h.shards > s.max_shards:
-        h = dataclasses.replace(h, shards=s.max_shards)
-    return dataclasses.replace(config, estimator=e, hardware=h)
-
-
-def check_fits_scale(config: Config) -> None:
-    """Refuse a configuration whose requested population exceeds `scale.max_population` (NeedsAcceleratorError):
-    at `scale=cpu` the paper's v3-256 and v2-512 rows are not shrunk to fit, they are left to an accelerator."""
-    s, e = config.scale, config.estimator
-    population = e.pop_per_shard * config.hardware.shards
-    if s.max_population and e.name in POPULATION_ESTIMATORS and population > s.max_population:
-        raise NeedsAcceleratorError(
-            f"population {population} ({e.pop_per_shard} per shard x {config.hardware.shards} shards) exceeds "
-            f"scale={s.name}'s max_population {s.max_population}: this configuration needs an accelerator; "
-            "run it there with scale=paper (or raise scale.max_population)"
-        )
+    rules.choice("hardware.platform", h.platform, PLATFORMS)
+    rules.positive("hardware.devices", h.devices, allow_zero=True)
+    rules.positive("hardware.cpu_devices", h.cpu_devices, allow_zero=True)
+    rules.positive("hardware.processes", h.processes)
+    rules.choice("logger.name", config.logger.name, LOGGERS)
+    rules.choice("scale.name", config.scale.name, SCALES)
+    rules.positive("scale.max_pop_per_shard", config.scale.max_pop_per_shard, allow_zero=True)
+    rules.positive("scale.max_shards", config.scale.max_shards, allow_zero=True)
+    rules.positive("scale.max_population", config.scale.max_population, allow_zero=True)

@@ -26,7 +26,7 @@ import optax
 from flax import serialization
 
 from esmeta import checkpoint
-from esmeta.config import Config, EstimatorConfig, check_fits_scale, scaled
+from esmeta.config import Config, EstimatorConfig
 from esmeta.console import ProgressBar, epoch_line
 from esmeta.data import load_omniglot, sample_episode, split_classes
 from esmeta.data.omniglot import check_zips
@@ -44,6 +44,7 @@ from esmeta.protonet import (
 )
 from esmeta.provenance import available_cores, matmul_peak_gflops, provenance, versions
 from esmeta.results import DirLock, RunDir, read_finished_summary
+from esmeta.scale import check_fits_scale, scaled
 from esmeta.tracking import default_group, epoch_row, open_tracker, run_name, run_tags
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from esmeta.config import Config, EstimatorConfig, HardwareConfig, ScaleConfig, check_fits_scale
+from esmeta.config import Config, EstimatorConfig, HardwareConfig, ScaleConfig
 from esmeta.errors import NeedsAcceleratorError
 from esmeta.run import plan_command
+from esmeta.scale import check_fits_scale
 
 REPO = Path(__file__).resolve().parents[1]
 
