@@ -154,9 +154,7 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: st
     setting's default keeps (a new setting defaults to the old behaviour), so it compares as that default.
     """
     if defaults is None:
-        from esmeta.config import Config  # the schema's defaults; imported here, config imports nothing of ours
-
-        defaults = Config().to_dict()
+        defaults = _defaults(current)
     for key in sorted(set(saved) | set(current)):
         path = f"{prefix}{key}"
         if path in RESUMABLE_CHANGES:
@@ -173,9 +171,21 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: st
     return None
 
 
+def _defaults(current: dict[str, Any]) -> dict[str, Any]:
+    """The schema's defaults for a config like `current`: its estimator section's are that estimator's."""
+    from esmeta.config import Config  # imported here: config imports the estimators, which need no checkpoint
+    from esmeta.estimators import ESTIMATORS
+
+    name = (current.get("estimator") or {}).get("name")
+    return Config(estimator=ESTIMATORS[name][0]()).to_dict() if name in ESTIMATORS else Config().to_dict()
+
+
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Path, what: str) -> None:
-    """Refuse (one line) to continue or keep `what` in `where` when its saved config differs from `current`'s."""
-    diff = config_difference(saved, current)
+    """Refuse (one line) to continue or keep `what` in `where` when its saved config differs from `current`'s;
+    a config saved by an earlier esmeta is compared in today's layout (`esmeta.config.upgrade_record`)."""
+    from esmeta.config import upgrade_record
+
+    diff = config_difference(upgrade_record(saved), current)
     if diff:
         raise ConfigError(
             f"{where} holds {what} of a different configuration ({diff}); "

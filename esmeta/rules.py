@@ -20,10 +20,13 @@ FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: below it a
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: above it a setting is inf in the math
 
 # What changing a setting changes. `result`: what the run computes (its model, its test accuracy): runs that
-# differ in one are different experiments. `budget`: how long it trains (epochs x episodes), the same experiment
-# at another length. `plumbing`: where and how it runs, is stored and shown (paths, progress, loggers, time
-# limits, checkpoints): a run may change it between its allocations and its numbers stay the same.
-ROLES = ("result", "budget", "plumbing")
+# differ in one are different experiments, never one table cell. `seed`: which random draw of an experiment: runs
+# that differ only in seeds are its replicates. `budget`: how long it trains and how many episodes evaluate it
+# (epochs, episodes, a scale's caps): the same experiment at another length. `placement`: which devices and
+# processes run it: the same numbers up to float rounding. `plumbing`: where and how it is stored and shown (paths,
+# progress, logger, time limits, checkpoints): a run may change it between its allocations (a resumed run keeps
+# every other), and Hydra's job directories and W&B's run names leave it out.
+ROLES = ("result", "seed", "budget", "placement", "plumbing")
 Namer = Callable[[str], str]  # a field's name -> the name its user wrote (e.g. `estimator.<field>`)
 
 

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esmeta import cost, sweeps
-from esmeta.config import Config, from_mapping
+from esmeta.config import Config, from_mapping, not_read_message
 from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError, RunStopped, first_line
 from esmeta.results import CHECKPOINT
 from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME, USAGE_HINT
@@ -73,7 +73,8 @@ def _hydra_error_message(e: Exception) -> str:
         return f"{group}={name} is not an option; choose one of: {', '.join(sorted(e.options))}"
     if "Could not override" in text or "not in struct" in text:
         key = text.split("'")[1] if "'" in text else "?"
-        return f"unknown setting {key}; {USAGE_HINT} for the settings there are (or prefix + to add a new key)"
+        return not_read_message(key) or (
+            f"unknown setting {key}; {USAGE_HINT} for the settings there are (or prefix + to add a new key)")
     return f"{text}; {USAGE_HINT}"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from esmeta.config import POPULATION_ESTIMATORS, Config
+from esmeta.config import Config
 from esmeta.errors import NeedsAcceleratorError
 
 
@@ -20,7 +20,7 @@ def scaled(config: Config) -> Config:
     paper configuration is still found under that configuration; the summary records what ran.
     """
     s, e, h = config.scale, config.estimator, config.hardware
-    if s.max_pop_per_shard and e.pop_per_shard > s.max_pop_per_shard:
+    if s.max_pop_per_shard and e.is_es and e.pop_per_shard > s.max_pop_per_shard:
         e = dataclasses.replace(e, pop_per_shard=s.max_pop_per_shard)
     if s.max_shards and h.shards > s.max_shards:
         h = dataclasses.replace(h, shards=s.max_shards)
@@ -31,8 +31,8 @@ def check_fits_scale(config: Config) -> None:
     """Refuse a configuration whose requested population exceeds `scale.max_population` (NeedsAcceleratorError):
     at `scale=cpu` the paper's v3-256 and v2-512 rows are not shrunk to fit, they are left to an accelerator."""
     s, e = config.scale, config.estimator
-    population = e.pop_per_shard * config.hardware.shards
-    if s.max_population and e.name in POPULATION_ESTIMATORS and population > s.max_population:
+    if s.max_population and e.is_es and e.pop_per_shard * config.hardware.shards > s.max_population:
+        population = e.pop_per_shard * config.hardware.shards
         raise NeedsAcceleratorError(
             f"population {population} ({e.pop_per_shard} per shard x {config.hardware.shards} shards) exceeds "
             f"scale={s.name}'s max_population {s.max_population}: this configuration needs an accelerator; "
