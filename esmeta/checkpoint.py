@@ -18,12 +18,14 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flax import serialization
 
+from esmeta.config import Config, upgrade_record
 from esmeta.errors import ConfigError
+from esmeta.estimators import ESTIMATORS
 from esmeta.results import (
     BATCH_STATS,
     CHECKPOINT,
@@ -33,9 +35,7 @@ from esmeta.results import (
     check_no_directory_in_the_way,
     read_finished_summary,
 )
-
-if TYPE_CHECKING:
-    from esmeta.config import Config
+from esmeta.roles import plumbing_keys
 
 __all__ = ["CHECKPOINT", "Progress", "RunState", "Saved", "inspect_run_dir", "load", "read", "refuse", "restore", "save",
            "sha256"]
@@ -138,12 +138,8 @@ def load(path: Path, arrays_like: Any) -> tuple[Any, Progress, dict[str, Any]]:
     return restore(saved, arrays_like), saved.progress, saved.config
 
 
-# Settings that may change between a run and its resumption: they do not change what is computed.
-RESUMABLE_CHANGES = frozenset({
-    "train.progress", "train.resume", "train.checkpoint_every", "train.max_minutes", "train.allocation_minutes",
-    "train.budget_clock",
-    "data.root", "data.cache_dir", "data.download", "hardware.compilation_cache", "logger",
-})
+# Settings that may change between a run and its resumption: the plumbing ones, which do not change what is computed.
+RESUMABLE_CHANGES = frozenset(plumbing_keys())
 
 
 def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: str = "",
@@ -173,9 +169,6 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: st
 
 def _defaults(current: dict[str, Any]) -> dict[str, Any]:
     """The schema's defaults for a config like `current`: its estimator section's are that estimator's."""
-    from esmeta.config import Config  # imported here: config imports the estimators, which need no checkpoint
-    from esmeta.estimators import ESTIMATORS
-
     name = (current.get("estimator") or {}).get("name")
     return Config(estimator=ESTIMATORS[name][0]()).to_dict() if name in ESTIMATORS else Config().to_dict()
 
@@ -183,8 +176,6 @@ def _defaults(current: dict[str, Any]) -> dict[str, Any]:
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Path, what: str) -> None:
     """Refuse (one line) to continue or keep `what` in `where` when its saved config differs from `current`'s;
     a config saved by an earlier esmeta is compared in today's layout (`esmeta.config.upgrade_record`)."""
-    from esmeta.config import upgrade_record
-
     diff = config_difference(upgrade_record(saved), current)
     if diff:
         raise ConfigError(
