@@ -1,7 +1,9 @@
-"""Typed run configuration: Hydra/OmegaConf in, validated once into frozen dataclasses.
+"""The command line's schema: Hydra/OmegaConf in, validated once into frozen dataclasses.
 
-Everything below `esmeta.run` takes these plain values; no OmegaConf object reaches the math.
-Every check raises `ConfigError` with one line naming the setting, its value, the rule and a fix.
+Everything below `esmeta.run` takes these plain values; no OmegaConf object reaches the math. The `estimator`
+section is the chosen estimator's own config, declared in its file (esmeta.estimators.ESTIMATORS). Every setting
+declares its role beside its default (`esmeta.rules.setting`, see esmeta.roles), and every check raises
+`ConfigError` with one line naming the setting, its value, the rule and a fix.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ def _section_class(name: str, values: Mapping[str, Any]) -> type:
     """The class of section `name`: the chosen estimator's config for `estimator`."""
     if name != "estimator":
         return type(getattr(Config(), name))
-    return config_class(rules.coerce("estimator.name", values.get("name", BackpropConfig.NAME), "str"))
+    return config_class(rules.coerce("estimator.name", values.get("name", Config().estimator.name), "str"))
 
 
 def not_read_message(key: str, estimator: str | None = None) -> str | None:
@@ -191,7 +193,7 @@ def _build_section(name: str, values: Any) -> Any:
     declared = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(declared))
     if unknown:
-        raise ConfigError(not_read_message(f"{name}.{unknown[0]}", getattr(cls, "NAME", None))
+        raise ConfigError(not_read_message(f"{name}.{unknown[0]}", cls.NAME if name == "estimator" else None)
                           or f"unknown setting {name}.{unknown[0]}; {name} has: {', '.join(sorted(declared))}")
     return cls(**{key: rules.coerce(f"{name}.{key}", values[key], f.type) for key, f in declared.items() if key in values})
 
