@@ -52,7 +52,7 @@ from typing import Any
 
 import pandas as pd
 
-from esmeta.config import POPULATION_ESTIMATORS
+from esmeta.estimators import POPULATION_ESTIMATORS
 from esmeta.results import CHECKPOINT, DONE, METRICS, PARAMS, SUMMARY, read_metrics
 
 # Any of these in a directory makes it a run directory (complete or not).

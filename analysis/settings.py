@@ -44,12 +44,12 @@ SETTINGS = (
 
 @cache
 def defaults(estimator: str) -> dict[str, Any]:
-    """SETTINGS as `python -m esmeta.run estimator=<estimator>` composes them today."""
+    """SETTINGS as `python -m esmeta.run estimator=<estimator>` composes them today; None for those it does not read."""
     from esmeta.prelaunch import check_overrides  # Hydra: only when a table is built
 
     (config,) = check_overrides([f"estimator={estimator}"])
     tree = asdict(config)
-    return {key: tree[key.split(".")[0]][key.split(".")[1]] for key in SETTINGS}
+    return {key: tree[key.split(".")[0]].get(key.split(".")[1]) for key in SETTINGS}
 
 
 def _recorded(run: pd.Series, key: str) -> Any:

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from esmeta.config import IMAGES_PER_CLASS, Config, scaled
+from esmeta.config import Config
+from esmeta.data.omniglot import IMAGES_PER_CLASS
 from esmeta.data.splits import split_sizes
+from esmeta.scale import scaled
 
 # Settings that change no shape or amount of computation per step: jobs that differ only in them share a timing.
 NOT_SHAPE = ("seed", "alpha", "sigma", "train", "eval", "logger", "scale")

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from esmeta import hydra_internals, sweeps
-from esmeta.config import Config, from_mapping
+from esmeta.config import Config, from_mapping, not_read_message
 from esmeta.errors import ConfigError, first_line
 from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME, USAGE_HINT
 
@@ -50,7 +50,8 @@ def _hydra_error_message(e: Exception) -> str:
         return f"{group}={name} is not an option; choose one of: {', '.join(sorted(e.options))}"
     if "Could not override" in text or "not in struct" in text:
         key = text.split("'")[1] if "'" in text else "?"
-        return f"unknown setting {key}; {USAGE_HINT} for the settings there are (or prefix + to add a new key)"
+        return not_read_message(key) or (
+            f"unknown setting {key}; {USAGE_HINT} for the settings there are (or prefix + to add a new key)")
     return f"{text}; {USAGE_HINT}"
 
 

@@ -24,12 +24,12 @@ from flax import serialization
 
 from esmeta import checkpoint
 from esmeta.allocation import ALLOCATION_EXIT, StopRequests, make_budget_clock, segment_recorder, stop_reason
-from esmeta.config import Config, EstimatorConfig, check_fits_scale, scaled
+from esmeta.config import Config
 from esmeta.console import ProgressBar, epoch_line
 from esmeta.data import load_omniglot, sample_episode, split_classes
 from esmeta.data.omniglot import check_zips
 from esmeta.errors import EsmetaError, RunStopped
-from esmeta.estimators import make_estimator
+from esmeta.estimators import EstimatorConfig, make_estimator
 from esmeta.hardware import configure_backend, make_mesh
 from esmeta.memory import check_memory
 from esmeta.metrics import (
@@ -46,6 +46,7 @@ from esmeta.metrics import (
 from esmeta.protonet import init_batch_stats, init_params, num_params, update_running
 from esmeta.provenance import provenance, versions
 from esmeta.results import DirLock, RunDir, read_finished_summary
+from esmeta.scale import check_fits_scale, scaled
 from esmeta.tracking import default_group, epoch_row, open_tracker, run_name, run_tags
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def build(config: Config, run: Config, mesh: Any, shards: int, images: dict[str,
     ) if config.eval.val_episodes else None
     return Setup(
         images=images, train_step=make_train_step(estimate, optimizer, sample_train, train_metrics,
-                                                  shards if e.shard_episodes == "own" else 0),
+                                                  e.own_episodes(shards)),
         validate_fn=validate_fn, eval_metrics=eval_metrics,
         state=(params, optimizer.init(params), init_batch_stats(params)),
         train_key=train_key, test_key=test_key, num_params=num_params(params), population=e.is_es,
@@ -271,7 +272,7 @@ def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Pr
         "num_params": setup.num_params,
         "estimator": e.name,
         "alpha": config.alpha,
-        "sigma": getattr(e.own(config.sigma), "sigma", None),  # the perturbation used (wsr's, finite_diff's)
+        "sigma": e.perturbation(config.sigma),  # the perturbation used (wsr's, finite_diff's)
         "pop_per_shard": e.pop_per_shard if e.is_es else None,  # as run (after the scale's caps)
         "population": e.pop_per_shard * shards if e.is_es else None,
         "shards": shards,

@@ -41,9 +41,9 @@ def test_the_dry_run_writes_nothing_and_runs_nothing(tmp_path: Path):
 
 
 def test_a_bad_combination_is_refused_before_anything_runs(tmp_path: Path):
-    """Each value is fine alone (backprop ignores the population; wsr takes 4): only (wsr, 1) is not."""
+    """Each value is fine alone (finite_diff probes 1 coordinate a shard; wsr takes 4): only (wsr, 1) is not."""
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "estimator=backprop,wsr", "estimator.pop_per_shard=4,1", f"hydra.sweep.dir={sweep}",
+    proc = run_cli("-m", "estimator=finite_diff,wsr", "estimator.pop_per_shard=4,1", f"hydra.sweep.dir={sweep}",
                    cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -7,8 +7,8 @@ import optax
 import pytest
 
 import esmeta
-from esmeta.config import EstimatorConfig
 from esmeta.data import sample_episode, split_classes
+from esmeta.estimators import BackpropConfig, WsrConfig
 from esmeta.metrics import accuracy_stats, episode_keys, metrics_fn
 from esmeta.prelaunch import check_overrides
 from esmeta.protonet import init_params
@@ -18,7 +18,7 @@ from esmeta.train import make_optimizer, run_keys, train
 
 def test_sgd_is_the_papers_plain_ascent():
     """The loop hands -g to optax, so sgd gives mu <- mu + alpha * g (paper's update)."""
-    opt = make_optimizer(0.5, EstimatorConfig(name="wsr", optimizer="sgd", lr_decay_every=0))
+    opt = make_optimizer(0.5, WsrConfig(optimizer="sgd", lr_decay_every=0))
     mu = {"w": jnp.array([1.0, -2.0])}
     g = {"w": jnp.array([0.2, 0.4])}
     updates, _ = opt.update(jax.tree.map(jnp.negative, g), opt.init(mu), mu)
@@ -26,7 +26,7 @@ def test_sgd_is_the_papers_plain_ascent():
 
 
 def test_backprop_step_size_halves_every_2000_episodes():
-    est = EstimatorConfig(name="backprop", optimizer="sgd", lr_decay_every=2000, lr_decay_factor=0.5)
+    est = BackpropConfig(optimizer="sgd", lr_decay_every=2000, lr_decay_factor=0.5)
     opt = make_optimizer(1.0, est)
     mu = {"w": jnp.zeros(())}
     state = opt.init(mu)
@@ -39,7 +39,7 @@ def test_backprop_step_size_halves_every_2000_episodes():
 
 
 def test_weight_decay_pulls_mu_towards_zero():
-    opt = make_optimizer(0.1, EstimatorConfig(name="wsr", optimizer="sgd", weight_decay=0.5))
+    opt = make_optimizer(0.1, WsrConfig(optimizer="sgd", weight_decay=0.5))
     mu = {"w": jnp.array([2.0])}
     updates, _ = opt.update({"w": jnp.zeros(1)}, opt.init(mu), mu)  # no gradient: decay alone
     np.testing.assert_allclose(optax.apply_updates(mu, updates)["w"], [2.0 - 0.1 * 0.5 * 2.0], rtol=1e-6)
