@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from esmeta.analysis.cells import aggregate
 from esmeta.analysis.load import load_results
 from esmeta.analysis.paper import Entry, load_manifest, load_paper_table, paper_text
-from esmeta.analysis.tables import SPECS, aggregate, build_table, match_runs, render_latex, render_markdown
+from esmeta.analysis.tables import SPECS, build_table, match_runs, render_latex, render_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 MAKE_TABLES = REPO / "analysis" / "make_tables.py"
