@@ -602,3 +602,43 @@ def check_fits_scale(config: Config) -> None:
             f"scale={s.name}'s max_population {s.max_population}: this configuration needs an accelerator; "
             "run it there with scale=paper (or raise scale.max_population)"
         )
+
+
+
+# --- TEMPORARY STAND-IN (branch i30-records): helper A's role metadata replaces this whole block at merge ---------
+_NOT_RESULT = ("train.", "logger.", "scale.", "eval.val_episodes", "data.root", "data.cache_dir", "data.download", "estimator.eval_mode",
+               "estimator.chunk_size", "hardware.platform", "hardware.processes")
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, Mapping) else {f"{prefix}{key}": value})
+    return out
+
+
+def settings_with_role(role: str) -> tuple[str, ...]:
+    """Stand-in: the dotted keys of `role` ("result", "budget" or "plumbing"), from a hand list until A lands."""
+    keys = tuple(_flat(Config().to_dict()))
+    result = tuple(k for k in keys if not k.startswith(_NOT_RESULT))
+    budget = tuple(k for k in keys if k.startswith(("train.", "scale.")) and k != "train.progress")
+    return {"result": result, "budget": budget,
+            "plumbing": tuple(k for k in keys if k not in result and k not in budget)}[role]
+
+
+def result_differences(config: Config) -> dict[str, Any]:
+    """Stand-in: the result-role settings of `config` that differ from `estimator=<its estimator>`'s defaults."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    overrides = [f"estimator={config.estimator.name}"]
+    if GlobalHydra.instance().is_initialized():  # inside the command's Hydra app
+        composed = compose("config", overrides=overrides)
+    else:
+        with initialize_config_module(config_module="esmeta.conf", version_base="1.3"):
+            composed = compose("config", overrides=overrides)
+    raw = OmegaConf.to_container(composed, resolve=True)
+    raw.pop("hydra", None)
+    ours, theirs = _flat(config.to_dict()), _flat(from_mapping(raw).to_dict())
+    return {k: ours[k] for k in settings_with_role("result") if ours.get(k) != theirs.get(k)}

@@ -43,6 +43,7 @@ from esmeta.protonet import (
     update_running,
 )
 from esmeta.provenance import available_cores, matmul_peak_gflops, provenance, versions
+from esmeta.record import record
 from esmeta.results import DirLock, RunDir, read_finished_summary
 from esmeta.tracking import default_group, epoch_row, open_tracker, run_name, run_tags
 
@@ -200,7 +201,8 @@ def record_failure(config: Config, run_dir: Path, job: JobInfo, error: BaseExcep
             if out.done and read_finished_summary(out.path).get("status") not in ("failed", "skipped"):
                 return False
             out.finish({"status": status, "error": message, "config": config.to_dict(), "scale": config.scale.name,
-                        "overrides": list(job.overrides), "sweep": job.sweep, "provenance": provenance()})
+                        "overrides": list(job.overrides), "sweep": job.sweep, "provenance": provenance(),
+                        **record(config, job.overrides)})
     except (EsmetaError, OSError):
         return False
     return True
@@ -348,8 +350,8 @@ def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Pr
         "num_params": setup.num_params,
         "estimator": e.name,
         "alpha": config.alpha,
-        "sigma": getattr(e.own(config.sigma), "sigma", None),  # the perturbation used (wsr's, finite_diff's)
         "pop_per_shard": e.pop_per_shard if e.is_es else None,  # as run (after the scale's caps)
+        **record(config, job.overrides, progress.step),  # what the analysis reads: point, sigma, protocol, budget, ...
         "population": e.pop_per_shard * shards if e.is_es else None,
         "shards": shards,
         "hardware": config.hardware.name,
