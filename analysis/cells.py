@@ -1,11 +1,11 @@
 """Our cell for one paper row, from the runs that matched it: which of them count, and the text shown.
 
 A cell holds runs of one setting: runs that match a row but differ in a setting it does not name
-(estimator.optimizer, the finite-difference readings, data.split, ...; see `settings`) are not
-averaged; the defaults' runs are shown, the others named in the notes.
+(estimator.optimizer, model.norm_stats, the finite-difference readings, data.split, ...; see `settings`)
+are not averaged; the defaults' runs are shown, the others named in the notes.
 
 A cell holds runs of one budget: the same episodes trained, of the same requested budget (episodes, time
-budget, scale: `load.budget_text`). Where runs of several match, those that trained the most episodes are
+budget, scale: its record, `load.budget_text`). Where runs of several match, those that trained the most episodes are
 shown (the paper's full budget before a CPU-scale one), the others named in the notes; a number is never
 an average over runs that trained different amounts.
 
@@ -156,9 +156,6 @@ def summarize(matched: pd.DataFrame, command: str, notes: list[str] | None = Non
     scales = sorted({s for s in matched["scale"] if isinstance(s, str)})
     if len(scales) > 1:
         notes.append(f"runs of several scales averaged: {', '.join(scales)}")
-    protocols = sorted({s for s in matched["test_protocol"] if isinstance(s, str)})
-    if len(protocols) > 1:
-        notes.append(f"runs of several batch-norm test protocols averaged: {', '.join(protocols)}")
     if superseded:
         notes.append(f"{superseded} earlier run{'s' if superseded > 1 else ''} of a seed that ran again left out "
                      "(the latest run of each seed counts)")
