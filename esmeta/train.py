@@ -45,6 +45,7 @@ from esmeta.metrics import (
 )
 from esmeta.protonet import init_batch_stats, init_params, num_params, update_running
 from esmeta.provenance import provenance, versions
+from esmeta.record import record
 from esmeta.results import DirLock, RunDir, read_finished_summary
 from esmeta.scale import check_fits_scale, scaled
 from esmeta.tracking import default_group, epoch_row, open_tracker, run_name, run_tags
@@ -138,7 +139,8 @@ def record_failure(config: Config, run_dir: Path, job: JobInfo, error: BaseExcep
             if out.done and read_finished_summary(out.path).get("status") not in ("failed", "skipped"):
                 return False
             out.finish({"status": status, "error": message, "config": config.to_dict(), "scale": config.scale.name,
-                        "overrides": list(job.overrides), "sweep": job.sweep, "provenance": provenance()})
+                        "overrides": list(job.overrides), "sweep": job.sweep, "provenance": provenance(),
+                        **record(config, job.overrides)})
     except (EsmetaError, OSError):
         return False
     return True
@@ -272,8 +274,8 @@ def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Pr
         "num_params": setup.num_params,
         "estimator": e.name,
         "alpha": config.alpha,
-        "sigma": e.perturbation(config.sigma),  # the perturbation used (wsr's, finite_diff's)
         "pop_per_shard": e.pop_per_shard if e.is_es else None,  # as run (after the scale's caps)
+        **record(config, job.overrides, progress.step),  # what the analysis reads: point, sigma, protocol, budget, ...
         "population": e.pop_per_shard * shards if e.is_es else None,
         "shards": shards,
         "hardware": config.hardware.name,

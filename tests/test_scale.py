@@ -67,6 +67,8 @@ def test_a_multirun_records_the_row_as_skipped_and_the_table_says_needs_an_accel
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] == "skipped" and "needs an accelerator" in summary["error"]
     assert summary["config"]["hardware"]["shards"] == 256 and summary["provenance"]["command"]
+    assert (summary["point"], summary["sigma"], summary["budget"]["episodes_reached"]) == (
+        "table7-v3-256-p16384-w20-lr1e-2", 0.001, None)  # a refused run records what the analysis reads too
     assert not (job / "params.msgpack").exists() and not (job / "metrics.jsonl").exists()  # nothing trained
 
     again = run_cli(*args, cwd=tmp_path)  # a skipped job is redone (recorded again), not kept as finished
