@@ -56,7 +56,7 @@ from typing import Any
 
 import pandas as pd
 
-from esmeta.results import CHECKPOINT, DONE, METRICS, PARAMS, SUMMARY, read_metrics
+from esmeta.run_dir import CHECKPOINT, DONE, METRICS, PARAMS, SUMMARY, read_metrics
 
 from .records import dig, run_fields
 

@@ -26,7 +26,8 @@ from flax import serialization
 from esmeta.config import Config, upgrade_record
 from esmeta.errors import ConfigError
 from esmeta.estimators import ESTIMATORS
-from esmeta.results import (
+from esmeta.roles import plumbing_keys
+from esmeta.run_dir import (
     BATCH_STATS,
     CHECKPOINT,
     DONE,
@@ -35,7 +36,6 @@ from esmeta.results import (
     check_no_directory_in_the_way,
     read_finished_summary,
 )
-from esmeta.roles import plumbing_keys
 
 __all__ = ["CHECKPOINT", "Progress", "RunState", "Saved", "inspect_run_dir", "load", "read", "refuse", "restore", "save",
            "sha256"]

@@ -12,10 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from esmeta import hydra_internals, sweeps
+from esmeta import hydra_internals, sweep_expansion
 from esmeta.config import Config, from_mapping, not_read_message
 from esmeta.errors import ConfigError, first_line
-from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME, USAGE_HINT
+from esmeta.sweep_expansion import CONFIG_MODULE, CONFIG_NAME, USAGE_HINT
 
 
 def config_from_omegaconf(cfg: DictConfig) -> Config:
@@ -32,7 +32,7 @@ def sweep_needs_multirun(override: str) -> str:
     """The one line for a sweep (a comma list, glob(...), range(...)) given without -m, whatever key it sweeps."""
     key, _, value = override.partition("=")
     line = f"{override} lists several values, which only a multirun runs: add -m (--multirun) for one job per value"
-    if "(" in value or sweeps.group_options(key.lstrip("+~").replace(".", "/")):  # glob(...), range(...), a group
+    if "(" in value or sweep_expansion.group_options(key.lstrip("+~").replace(".", "/")):  # glob(...), range(...), a group
         return line
     return f"{line}; for a single value that is a list write {key}=[{value}], for a string {key}='{value}'"
 
@@ -79,7 +79,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a command will run. `complete`: every job is listed (else, past sweeps.PRODUCT_LIMIT jobs, each
+    """What a command will run. `complete`: every job is listed (else, past sweep_expansion.PRODUCT_LIMIT jobs, each
     value of each swept key once: the first values, then one change at a time)."""
 
     jobs: list[Job]
@@ -91,13 +91,13 @@ class Plan:
 
 
 def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
-    """Every job a command means (see esmeta.sweeps), each composed and validated; nothing is written."""
+    """Every job a command means (see esmeta.sweep_expansion), each composed and validated; nothing is written."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    from esmeta.results import ensure_writable_dir
+    from esmeta.run_dir import ensure_writable_dir
 
     def compose_one(variant: Sequence[str]) -> DictConfig:
         try:
@@ -109,22 +109,22 @@ def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
         loader = GlobalHydra.instance().config_loader()
         parser = OverridesParser.create(config_loader=loader)
         try:
-            variants = sweeps.covering_variants(overrides)
+            variants = sweep_expansion.covering_variants(overrides)
             base = compose_one(variants[0])
             multirun = multirun or str(base.hydra.get("mode")).endswith("MULTIRUN")  # a stored sweep sets it
-            stored = sweeps.stored_grid(base.hydra) if multirun else {}
-            trials = sweeps.search_trials(base.hydra) if multirun else None
-            total = trials if trials is not None else sweeps.product_size(overrides, stored, loader) if multirun else 1
-            complete = trials is None and total <= sweeps.PRODUCT_LIMIT
+            stored = sweep_expansion.stored_grid(base.hydra) if multirun else {}
+            trials = sweep_expansion.search_trials(base.hydra) if multirun else None
+            total = trials if trials is not None else sweep_expansion.product_size(overrides, stored, loader) if multirun else 1
+            complete = trials is None and total <= sweep_expansion.PRODUCT_LIMIT
             if not multirun:
                 variants = [list(overrides)]
                 swept = [o for o in parser.parse_overrides(list(overrides)) if o.is_sweep_override()]
                 if swept:
                     raise ConfigError(sweep_needs_multirun(swept[0].input_line))
             elif complete:  # the whole product, in launch order
-                variants = sweeps.job_overrides(overrides, stored, loader)
+                variants = sweep_expansion.job_overrides(overrides, stored, loader)
             elif stored:  # too many to list: each value of the stored grid and of the command line once
-                variants = sweeps.covering_variants([*overrides, *sweeps.grid_overrides(stored, overrides)])
+                variants = sweep_expansion.covering_variants([*overrides, *sweep_expansion.grid_overrides(stored, overrides)])
             parsed = [parser.parse_overrides(list(v)) for v in variants]
         except OverrideParseException as e:
             raise ConfigError(f"cannot parse the overrides: {first_line(e)}") from None
@@ -183,7 +183,7 @@ def _job_directory(cfg: DictConfig, out: Path, number: int, override_dirname: st
 def _check_job_directories(jobs: Sequence[Job], out: Path) -> None:
     """Before the first job: every job has a directory of its own (not the sweep's), with names this filesystem
     takes, that can be created and written."""
-    from esmeta.results import ensure_writable_dir
+    from esmeta.run_dir import ensure_writable_dir
 
     first: dict[Path, int] = {}
     for job in jobs:
@@ -208,7 +208,7 @@ def _cached_compose(compose_one: Any) -> Any:
     def is_plain_value(o: Any) -> bool:
         key = o.key_or_group
         return (o.package is None and not o.is_add() and not o.is_delete() and not o.is_force_add()
-                and not o.is_hydra_override() and not sweeps.group_options(key.replace(".", "/")))
+                and not o.is_hydra_override() and not sweep_expansion.group_options(key.replace(".", "/")))
 
     def compose_job(parsed: list[Any]) -> DictConfig:
         values = [o for o in parsed if is_plain_value(o)]

@@ -24,12 +24,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from esmeta import cost, hydra_internals, sweeps
+from esmeta import cost, hydra_internals, sweep_expansion
 from esmeta.config import Config
 from esmeta.errors import EsmetaError, NeedsAcceleratorError, RunStopped, first_line
 from esmeta.prelaunch import Plan, check_composes, config_from_omegaconf, plan_command, plan_jobs
-from esmeta.results import CHECKPOINT
-from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME
+from esmeta.run_dir import CHECKPOINT
+from esmeta.sweep_expansion import CONFIG_MODULE, CONFIG_NAME
 
 log = logging.getLogger("esmeta.run")  # by name: run as `python -m esmeta.run`, __name__ is "__main__"
 _started: float | None = None  # when `main` began (time.monotonic()): the allocation's clock, for every job
@@ -54,7 +54,7 @@ class FailedJobs(Callback):
         self.not_started: list[str] = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if sweeps.search_trials(config.hydra) is not None:  # a search whose every trial failed: the same line
+        if sweep_expansion.search_trials(config.hydra) is not None:  # a search whose every trial failed: the same line
             hydra_internals.guard_optuna_search(lambda: self._no_trial_completed(config))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -175,7 +175,7 @@ def dry_run(overrides: Sequence[str], multirun: bool = False, estimate: bool = F
         lines.append(f"  an Optuna search: its {plan.total} trials are sampled as it runs; each searched range was "
                      "checked at its bounds (shown)")
     elif not plan.complete:
-        lines.append(f"  more than {sweeps.PRODUCT_LIMIT} jobs: each value of each swept key is shown (and was checked) once")
+        lines.append(f"  more than {sweep_expansion.PRODUCT_LIMIT} jobs: each value of each swept key is shown (and was checked) once")
     for job in plan.jobs:
         differ = " ".join(f"{k}={v}" for k, v in _flat(job.config.to_dict()).items() if defaults.get(k) != v)
         lines.append(f"#{job.number} {' '.join(job.overrides) or '(no overrides)'}")
@@ -323,7 +323,7 @@ def _preflight(overrides: Sequence[str], multirun: bool) -> tuple[Any, Path, boo
     A single run is checked whole (hardware, data, what its directory holds); a multirun's sweep directory is
     locked for the whole sweep, and each job is checked when it starts (a failure is that job's alone).
     """
-    from esmeta.results import DirLock
+    from esmeta.run_dir import DirLock
     from esmeta.train import preflight
 
     configs, out, multirun = plan_command(overrides, multirun)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from esmeta.config import Config, LoggerConfig
 from esmeta.errors import EsmetaError, first_line
-from esmeta.results import atomic_write_bytes
 from esmeta.roles import unnamed_overrides
+from esmeta.run_dir import atomic_write_bytes
 
 if TYPE_CHECKING:
     from wandb.sdk.wandb_run import Run

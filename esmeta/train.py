@@ -46,7 +46,7 @@ from esmeta.metrics import (
 from esmeta.protonet import init_batch_stats, init_params, num_params, update_running
 from esmeta.provenance import provenance, versions
 from esmeta.record import record
-from esmeta.results import DirLock, RunDir, read_finished_summary
+from esmeta.run_dir import DirLock, RunDir, read_finished_summary
 from esmeta.scale import check_fits_scale, scaled
 from esmeta.tracking import default_group, epoch_row, open_tracker, run_name, run_tags
 

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from esmeta.errors import ConfigError
-from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME, expand, stored_grid, sweep_names
+from esmeta.sweep_expansion import CONFIG_MODULE, CONFIG_NAME, expand, stored_grid, sweep_names
 
 DEFAULT_OUT = Path("sweeps/wandb")
 METRIC = {"name": "test_accuracy", "goal": "maximize"}  # summary.json's, and the W&B run summary's

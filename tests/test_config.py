@@ -12,7 +12,7 @@ from esmeta.config import Config, from_mapping
 from esmeta.errors import ConfigError
 from esmeta.estimators import ESTIMATORS
 from esmeta.prelaunch import check_overrides
-from esmeta.sweeps import CONFIG_MODULE
+from esmeta.sweep_expansion import CONFIG_MODULE
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

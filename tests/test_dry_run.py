@@ -65,9 +65,9 @@ def test_jobs_composed_once_per_group_choice_equal_jobs_composed_alone():
 
 
 def test_past_the_product_limit_each_value_is_checked_once(monkeypatch):
-    import esmeta.sweeps
+    import esmeta.sweep_expansion
 
-    monkeypatch.setattr(esmeta.sweeps, "PRODUCT_LIMIT", 3)
+    monkeypatch.setattr(esmeta.sweep_expansion, "PRODUCT_LIMIT", 3)
     plan = plan_jobs(["alpha=1,2,3", "seed=0,1"], multirun=True)
     assert (plan.complete, plan.total) == (False, 6)
     assert [j.overrides for j in plan.jobs] == [("alpha=1", "seed=0"), ("alpha=2", "seed=0"), ("alpha=3", "seed=0"),

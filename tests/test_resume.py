@@ -15,7 +15,7 @@ import pytest
 from esmeta import checkpoint
 from esmeta.checkpoint import config_difference
 from esmeta.errors import ConfigError
-from esmeta.results import read_metrics, read_summary
+from esmeta.run_dir import read_metrics, read_summary
 
 EPISODES_PER_EPOCH = 60
 CHECKPOINT_EVERY = 7
@@ -284,7 +284,7 @@ def test_a_config_recorded_with_every_estimators_settings_is_the_same_run_as_tod
     setting of their own estimator is still a different run."""
     from esmeta.checkpoint import check_same_run
     from esmeta.errors import ConfigError
-    from esmeta.run import check_overrides
+    from esmeta.prelaunch import check_overrides
 
     (config,) = check_overrides(command)
     check_same_run(recorded, config.to_dict(), tmp_path, "a checkpoint")  # no error: the same run

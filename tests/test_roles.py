@@ -11,6 +11,7 @@ from esmeta import rules
 from esmeta.checkpoint import RESUMABLE_CHANGES
 from esmeta.config import SECTIONS, Config
 from esmeta.estimators import ESTIMATORS
+from esmeta.prelaunch import check_overrides
 from esmeta.roles import (
     differs_from_defaults,
     estimator_defaults,
@@ -20,8 +21,7 @@ from esmeta.roles import (
     unnamed_overrides,
     value_of,
 )
-from esmeta.run import check_overrides
-from esmeta.sweeps import CONFIG_MODULE
+from esmeta.sweep_expansion import CONFIG_MODULE
 from esmeta.tracking import run_name
 
 

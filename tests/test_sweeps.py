@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from esmeta.prelaunch import check_overrides
-from esmeta.results import read_summary
+from esmeta.run_dir import read_summary
 from esmeta.scale import scaled
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

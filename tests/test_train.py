@@ -12,7 +12,7 @@ from esmeta.estimators import BackpropConfig, WsrConfig
 from esmeta.metrics import accuracy_stats, episode_keys, metrics_fn
 from esmeta.prelaunch import check_overrides
 from esmeta.protonet import init_params
-from esmeta.results import read_metrics
+from esmeta.run_dir import read_metrics
 from esmeta.train import JobInfo, make_optimizer, run_keys, train
 
 

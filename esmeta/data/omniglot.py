@@ -27,7 +27,7 @@ import platformdirs
 from PIL import Image, ImageOps
 
 from esmeta.errors import ConfigError, DataError, first_line
-from esmeta.results import atomic_writer, remove_stale_temporaries
+from esmeta.run_dir import atomic_writer, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

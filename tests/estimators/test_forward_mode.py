@@ -14,7 +14,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from esmeta.estimators import BackpropConfig, ForwardModeConfig, make_estimator
-from esmeta.results import read_metrics, read_summary
+from esmeta.run_dir import read_metrics, read_summary
 from esmeta.streaming import episode_images_at, streamed_loss_and_accuracy
 
 

@@ -18,7 +18,7 @@ from esmeta.data.episodes import to_float
 from esmeta.data.omniglot import prepare_images
 from esmeta.errors import DataError, EsmetaError
 from esmeta.protonet import BatchStats, Params, embed, init_batch_stats, init_params
-from esmeta.results import BATCH_STATS, DONE, PARAMS, SUMMARY, read_finished_summary
+from esmeta.run_dir import BATCH_STATS, DONE, PARAMS, SUMMARY, read_finished_summary
 
 
 def _read_params(path: Path, template: Params, expected_sha256: str) -> Params:
