@@ -333,9 +333,9 @@ def test_a_job_directory_that_cannot_be_created_is_refused_before_the_first_job(
 def test_job_directory_names_too_long_for_the_filesystem_are_refused_before_the_first_job(tmp_path):
     """`-m seed=0,1` with a dozen explicit defaults names each job directory after all of them (over 255 bytes):
     the dry run listed them without a word and the sweep ended with "File name too long"."""
-    defaults = ["alpha=0.001", "sigma=0.01", "estimator.optimizer=adam", "estimator.lr_decay_every=0",
-                "estimator.lr_decay_factor=0.5", "estimator.weight_decay=0.0", "estimator.pop_per_shard=1",
-                "estimator.fitness_shaping=zscore", "estimator.normalize=per_shard", "estimator.fd_sigma=0.001",
+    defaults = ["alpha=0.001", "sigma=0.01", "estimator=wsr", "estimator.optimizer=adam", "estimator.lr_decay_every=0",
+                "estimator.lr_decay_factor=0.5", "estimator.weight_decay=0.0", "estimator.pop_per_shard=2",
+                "estimator.fitness_shaping=zscore", "estimator.normalize=per_shard", "estimator.shard_episodes=shared",
                 "estimator.fitness_precision=highest", "estimator.eval_mode=auto"]
     proc = run_cli("-m", *FAST, "seed=0,1", *defaults, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert_one_line_error(proc, "job 0", "bytes, over the 255", "hydra.sweep.subdir=")
