@@ -163,12 +163,23 @@ def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any
 
 def dry_run(overrides: Sequence[str], multirun: bool = False, estimate: bool = False) -> str:
     """What a command would run, job by job: its overrides, where it writes and how its configuration differs
-    from the defaults; with `estimate`, each job's expected time on this machine and the total (esmeta.cost).
+    from its estimator's defaults; with `estimate`, each job's expected time on this machine and the total (esmeta.cost).
     Everything is checked as before a real launch; nothing is trained and nothing is written."""
 
     plan = plan_jobs(overrides, multirun)
     costs = _estimates(plan) if estimate else None
-    defaults = _flat(plan_jobs([]).jobs[0].config.to_dict())
+    default_name = plan_jobs([]).jobs[0].config.estimator.name
+    references: dict[str, dict[str, Any]] = {}  # estimator -> the configuration `estimator=<it>` composes alone
+
+    def differences(config: Config) -> str:
+        """The job's settings that differ from its estimator's defaults (the estimator named where not the default)."""
+        name = config.estimator.name
+        if name not in references:
+            references[name] = _flat(plan_jobs([f"estimator={name}"]).jobs[0].config.to_dict())
+        chosen = [f"estimator.name={name}"] if name != default_name else []
+        return " ".join(chosen + [f"{k}={v}" for k, v in _flat(config.to_dict()).items()
+                                  if k != "estimator.name" and references[name].get(k) != v])
+
     what = "job" if plan.total == 1 else "jobs"
     lines = [f"dry run: {plan.total} {what} -> {plan.out} (nothing runs, nothing is written)"]
     if plan.search:
@@ -177,7 +188,7 @@ def dry_run(overrides: Sequence[str], multirun: bool = False, estimate: bool = F
     elif not plan.complete:
         lines.append(f"  more than {sweep_expansion.PRODUCT_LIMIT} jobs: each value of each swept key is shown (and was checked) once")
     for job in plan.jobs:
-        differ = " ".join(f"{k}={v}" for k, v in _flat(job.config.to_dict()).items() if defaults.get(k) != v)
+        differ = differences(job.config)
         lines.append(f"#{job.number} {' '.join(job.overrides) or '(no overrides)'}")
         lines.append(f"    writes to {job.directory}")
         lines.append(f"    differs from the defaults: {differ or 'nothing'}")

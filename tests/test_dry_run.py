@@ -37,6 +37,8 @@ def test_the_dry_run_writes_nothing_and_runs_nothing(tmp_path: Path):
     assert [line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("#")] == [
         "estimator=wsr alpha=1", "estimator=wsr alpha=10", "estimator=finite_diff alpha=1",
         "estimator=finite_diff alpha=10"]  # Hydra's order: the product over the keys as given
+    differs = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if "differs from the defaults" in line]
+    assert differs[:2] == ["estimator.name=wsr", "estimator.name=wsr alpha=10.0"]  # against wsr's own defaults (alpha 1)
     assert not any(tmp_path.iterdir())
 
 
