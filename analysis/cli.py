@@ -98,7 +98,7 @@ def out_dir(args: argparse.Namespace, out_name: str) -> Path:
 def writable(out: Path, create: bool = True) -> Path:
     """`out`, created (with `create=False`: only checked that it could be) and writable, else a UsageError."""
     from esmeta.errors import ConfigError
-    from esmeta.results import ensure_writable_dir
+    from esmeta.run_dir import ensure_writable_dir
 
     try:
         ensure_writable_dir(out, "--out", create=create)

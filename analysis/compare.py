@@ -4,7 +4,7 @@
 
 Only the settings in which the runs differ become columns (a config group's detail that its choice decides,
 such as the optimizer of each estimator, is left out); the seed is what a group averages over. A group is
-one budget (the tables' rule: the same episodes trained of the same requested budget, `tables.budget_keys`)
+one budget (the tables' rule: the same episodes trained of the same requested budget, `cells.budget_keys`)
 and counts each seed once (its latest run). Accuracy: mean ± std over seeds (ddof=1); one seed: its test
 accuracy ± std over test episodes, as the tables report. Runs in progress are listed with the episodes
 they reached, never averaged. The same table ends every multirun (`SweepTable`, conf/config.yaml).
@@ -29,8 +29,9 @@ from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from . import cli  # noqa: E402
+from .cells import budget_keys, summarize  # noqa: E402
 from .load import Results, load_results  # noqa: E402
-from .tables import budget_keys, markdown_table, summarize  # noqa: E402
+from .tables import markdown_table  # noqa: E402
 
 PROG = "compare"
 DESCRIPTION = (

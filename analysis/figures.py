@@ -33,10 +33,11 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
+from .cells import aggregate, latest_per_seed  # noqa: E402
 from .load import Results  # noqa: E402
 from .paper import Entry, load_paper_table, parse_number  # noqa: E402
 from .settings import one_setting  # noqa: E402
-from .tables import LEARNING_RATE, aggregate, display_value, latest_per_seed, match_runs  # noqa: E402
+from .tables import LEARNING_RATE, display_value, match_runs  # noqa: E402
 
 FIGSIZE = (6.4, 4.8)  # inches
 DPI = 150  # PNG: 960 x 720 pixels

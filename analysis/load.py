@@ -16,7 +16,8 @@ Columns of `Results.runs` (one row per run):
   test_protocol                                    the batch-norm protocol behind test_accuracy (model.norm_stats:
                                                        running, episode or support)
   estimator, hardware, tpu, seed                   requested configuration ...
-  alpha, sigma, fd_sigma, channels, distance       ... sigma only for wsr, fd_sigma only for finite_diff
+  alpha, sigma, channels, distance                 ... sigma: the perturbation the run used (wsr's sigma,
+                                                       finite_diff's fd_sigma; NaN for exact estimators), as recorded
   pop_per_shard, shards, total_pop                 ... the *requested* population (what the paper's tables
                                                        mean); total_pop = pop_per_shard x shards, or the
                                                        effective population where shards = 0 (one per GPU)
@@ -28,6 +29,9 @@ Columns of `Results.runs` (one row per run):
   budget                                           the requested budget as text ("20,000 episodes requested", "at
                                                        most 6 cpu-clock minutes", "scale=cpu")
   commit, command, processor                       what produced the run (the summary's provenance; None before)
+  point                                            the conf/point preset it was started from (None: none)
+  differences                                      {result setting: the run's value} where it differs from its
+                                                       estimator's defaults when it ran (the cell rule: `settings`)
   config.<dotted.key>                               every leaf of the requested config, flattened
 Missing values (JSON null, absent keys, NaN) are NaN/None.
 
@@ -52,8 +56,9 @@ from typing import Any
 
 import pandas as pd
 
-from esmeta.config import POPULATION_ESTIMATORS
-from esmeta.results import CHECKPOINT, DONE, METRICS, PARAMS, SUMMARY, read_metrics
+from esmeta.run_dir import CHECKPOINT, DONE, METRICS, PARAMS, SUMMARY, read_metrics
+
+from .records import dig, run_fields
 
 # Any of these in a directory makes it a run directory (complete or not).
 RUN_MARKERS = (DONE, SUMMARY, METRICS, PARAMS, ".hydra")
@@ -145,16 +150,6 @@ def summary_problem(summary: Mapping[str, Any]) -> str | None:
     return None
 
 
-def dig(tree: Mapping[str, Any] | None, dotted: str) -> Any:
-    """`tree["a"]["b"]` for "a.b", or None where any level is missing."""
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> {"a.b.c": leaf}; lists stay as values."""
     out: dict[str, Any] = {}
@@ -179,18 +174,19 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
     """
     config = summary.get("config") if config is None else config
     config = config if isinstance(config, Mapping) else {}
+    fields = run_fields(summary, config)
     estimator = dig(config, "estimator.name") or summary.get("estimator")
     hardware = dig(config, "hardware.name")
     pop_per_shard = _int_or_none(dig(config, "estimator.pop_per_shard"))
     shards = _int_or_none(dig(config, "hardware.shards"))
     effective_population = _int_or_none(summary.get("population"))
-    es = estimator in POPULATION_ESTIMATORS
-    if not es:
+    if not fields["population_estimator"]:
         pop_per_shard = total_pop = None
     elif pop_per_shard is not None and shards:
         total_pop = pop_per_shard * shards
     else:  # shards = 0: one per device, known only from what ran
         total_pop = effective_population
+    budget = fields["budget"] or {}
     record: dict[str, Any] = {
         "run_id": run_id,
         "status": summary.get("status"),
@@ -198,14 +194,14 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
         "finished_at": summary.get("finished_at"),
         "sweep": summary.get("sweep"),
         "scale": summary.get("scale") or dig(config, "scale.name"),
-        "test_protocol": summary.get("test_norm_stats") or dig(config, "model.norm_stats"),
+        "point": fields["point"],
+        "test_protocol": dig(fields["test_protocol"], "norm_stats"),
         "estimator": estimator,
         "hardware": hardware,
         "tpu": hardware[len("tpu-"):] if isinstance(hardware, str) and hardware.startswith("tpu-") else None,
         "seed": _int_or_none(dig(config, "seed")),
         "alpha": number(dig(config, "alpha")),
-        "sigma": number(dig(config, "sigma")) if estimator == "wsr" else math.nan,
-        "fd_sigma": number(dig(config, "estimator.fd_sigma")) if estimator == "finite_diff" else math.nan,
+        "sigma": number(fields["sigma"]),
         "channels": _int_or_none(dig(config, "model.channels")),
         "distance": dig(config, "distance.name"),
         "pop_per_shard": pop_per_shard,
@@ -225,9 +221,10 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
         **{key: number(summary.get(key)) for key in SUMMARY_FLOATS},
         **{key: _int_or_none(summary.get(key)) for key in SUMMARY_INTS},
         "stopped_by_budget": summary.get("stopped_by_budget"),
-        "max_minutes": number(dig(config, "train.max_minutes")),
-        "budget_clock": dig(config, "train.budget_clock"),
-        "budget": budget_text(config),
+        "max_minutes": number(budget.get("max_minutes")),
+        "budget_clock": budget.get("budget_clock"),
+        "budget": budget_text(budget),
+        "differences": dict(fields["differences"] or {}),
         "backend": summary.get("backend"),
         "commit": dig(summary, "provenance.commit"),
         "command": dig(summary, "provenance.command"),
@@ -237,14 +234,15 @@ def run_record(run_id: str, summary: Mapping[str, Any], config: Mapping[str, Any
     return record
 
 
-def budget_text(config: Mapping[str, Any]) -> str:
-    """A run's requested budget, as the tables name it: its episodes, its time budget, its scale (not the paper's)."""
-    epochs, per_epoch = _int_or_none(dig(config, "train.epochs")), _int_or_none(dig(config, "train.episodes_per_epoch"))
-    text = f"{epochs * per_epoch:,} episodes requested" if epochs and per_epoch else "episodes requested unknown"
-    minutes = number(dig(config, "train.max_minutes"))
+def budget_text(budget: Mapping[str, Any]) -> str:
+    """A run's requested budget (its record's), as the tables name it: its episodes, its time budget, its scale (not
+    the paper's)."""
+    requested = _int_or_none(budget.get("episodes_requested"))
+    text = f"{requested:,} episodes requested" if requested else "episodes requested unknown"
+    minutes = number(budget.get("max_minutes"))
     if math.isfinite(minutes) and minutes > 0:
-        text += f", at most {minutes:g} {dig(config, 'train.budget_clock') or 'wall'}-clock minutes"
-    scale = dig(config, "scale.name")
+        text += f", at most {minutes:g} {budget.get('budget_clock') or 'wall'}-clock minutes"
+    scale = budget.get("scale")
     return text + (f", scale={scale}" if isinstance(scale, str) and scale != "paper" else "")
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from esmeta.run import check_overrides
+from esmeta.prelaunch import check_overrides
 from esmeta.train import train
 
 

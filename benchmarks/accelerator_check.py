@@ -72,7 +72,7 @@ def precision_check(channels: int, population: int, episode, common: dict) -> di
 
 def table1_row(args: argparse.Namespace, common: dict) -> dict:
     """Train the v3-8 5-shot Table I point for `--episodes` episodes (quick: a smoke-scale few) and report it."""
-    from esmeta.run import check_overrides
+    from esmeta.prelaunch import check_overrides
     from esmeta.train import train
 
     episodes = 2 if args.quick else args.episodes

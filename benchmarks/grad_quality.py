@@ -20,9 +20,8 @@ import numpy as np
 from _data import add_data_args, run_main, train_images
 from jax.flatten_util import ravel_pytree
 
-from esmeta.config import EstimatorConfig
 from esmeta.data.episodes import sample_episode
-from esmeta.estimators import make_estimator
+from esmeta.estimators import BackpropConfig, EstimatorConfig, FiniteDiffConfig, WsrConfig, make_estimator
 from esmeta.protonet import init_params, make_loss_fn, num_params
 
 WAY, SHOT, QUERY = 10, 5, 5
@@ -83,11 +82,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # Finite differences over every coordinate of a 4-channel net (quick: central only).
     loss, mu, episode = fixed_problem(args, channels=4)
-    [(true, _)], _, _ = run(EstimatorConfig(name="backprop"), 0.0, loss, mu, episode, [0])
+    [(true, _)], _, _ = run(BackpropConfig(), 0.0, loss, mu, episode, [0])
     n = num_params(mu)
     for central in (True,) if args.quick else (False, True):
-        config = EstimatorConfig(
-            name="finite_diff", pop_per_shard=n, central=central, fd_sigma=1e-3, eval_mode=args.eval_mode
+        config = FiniteDiffConfig(pop_per_shard=n, central=central, fd_sigma=1e-3, eval_mode=args.eval_mode
         )
         [(g, metrics)], compile_s, seconds = run(config, 0.0, loss, mu, episode, [0])
         report(rows, estimator="finite_diff_central" if central else "finite_diff",
@@ -97,10 +95,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # WSR at growing populations on the paper's 16-channel net.
     loss, mu, episode = fixed_problem(args, channels=16)
-    [(true, _)], _, _ = run(EstimatorConfig(name="backprop"), 0.0, loss, mu, episode, [0])
+    [(true, _)], _, _ = run(BackpropConfig(), 0.0, loss, mu, episode, [0])
     populations = (64, 256, 1024) if args.quick else (64, 256, 1024, 4096, 16384)
     for population in populations:
-        config = EstimatorConfig(name="wsr", pop_per_shard=population, eval_mode=args.eval_mode)
+        config = WsrConfig(pop_per_shard=population, eval_mode=args.eval_mode)
         results, compile_s, seconds = run(config, args.sigma, loss, mu, episode, list(range(1, repeats + 1)))
         cosines = [cosine(g, true) for g, _ in results]
         report(rows, estimator="wsr", population=population, channels=16, params=num_params(mu), sigma=args.sigma,
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     # Low-rank (EGGROLL-style) perturbations, beyond the paper: the same populations, rank 1 and 4.
     for rank in (1,) if args.quick else (1, 4):
         for population in populations[:2] if args.quick else populations:
-            config = EstimatorConfig(name="wsr", pop_per_shard=population, eval_mode=args.eval_mode, rank=rank)
+            config = WsrConfig(pop_per_shard=population, eval_mode=args.eval_mode, rank=rank)
             results, compile_s, seconds = run(config, args.sigma, loss, mu, episode, list(range(1, repeats + 1)))
             cosines = [cosine(g, true) for g, _ in results]
             report(rows, estimator=f"wsr_rank{rank}", population=population, channels=16, params=num_params(mu),

@@ -43,9 +43,8 @@ from _data import add_data_args, run_main, train_images
 from _memory import RssSampler, compiled_memory, device_memory
 from jax.flatten_util import ravel_pytree
 
-from esmeta.config import EstimatorConfig
 from esmeta.data.episodes import Episode, sample_episode_indices, to_float
-from esmeta.estimators import fitness_from_loss, make_estimator
+from esmeta.estimators import BackpropConfig, ForwardModeConfig, WsrConfig, fitness_from_loss, make_estimator
 from esmeta.estimators.forward_mode import directional_derivatives
 from esmeta.protonet import init_params, loss_and_accuracy, num_params
 from esmeta.streaming import streamed_loss_and_accuracy
@@ -113,13 +112,13 @@ def losses(way: int, shot: int, channels: int, chunk: int):
 
 def step_fn(name: str, args: argparse.Namespace, full, streamed):
     if name == "backprop":
-        return make_estimator(EstimatorConfig(name="backprop"), 0.0, full, None, 1)
+        return make_estimator(BackpropConfig(), 0.0, full, None, 1)
     if name == "backprop_streamed":
-        return make_estimator(EstimatorConfig(name="backprop"), 0.0, streamed, None, 1)
+        return make_estimator(BackpropConfig(), 0.0, streamed, None, 1)
     if name == "forward_mode":
-        return make_estimator(EstimatorConfig(name="forward_mode", chunk_size=args.tangents), 0.0, streamed, None, 1)
+        return make_estimator(ForwardModeConfig(chunk_size=args.tangents), 0.0, streamed, None, 1)
     if name == "wsr":
-        config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=args.population)
+        config = WsrConfig(optimizer="sgd", pop_per_shard=args.population)
         return make_estimator(config, 0.01, streamed, None, 1)
     raise ValueError(name)
 

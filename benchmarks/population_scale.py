@@ -53,9 +53,8 @@ def measure(args: argparse.Namespace, pop_per_shard: int) -> dict:
     import jax
     from _memory import RssSampler, compiled_memory, device_memory, max_rss
 
-    from esmeta.config import EstimatorConfig
     from esmeta.data.episodes import sample_episode
-    from esmeta.estimators import make_estimator
+    from esmeta.estimators import WsrConfig, make_estimator
     from esmeta.estimators.population import noise_chunk
     from esmeta.protonet import init_params, make_loss_fn, num_params
 
@@ -66,7 +65,7 @@ def measure(args: argparse.Namespace, pop_per_shard: int) -> dict:
     mu = init_params(jax.random.key(1), args.channels, SIZE)
     d_phi = num_params(mu)
     loss = make_loss_fn(way=WAY, distance="euclidean", scale=1.0, norm_stats="episode")
-    config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=pop_per_shard)
+    config = WsrConfig(optimizer="sgd", pop_per_shard=pop_per_shard)
     step = jax.jit(make_estimator(config, 0.01, loss, None, args.shards))
     key = jax.random.key(2)
 

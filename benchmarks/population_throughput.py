@@ -25,9 +25,8 @@ import jax.numpy as jnp
 from _data import add_data_args, run_main, train_images
 from jax.flatten_util import ravel_pytree
 
-from esmeta.config import EstimatorConfig
 from esmeta.data.episodes import sample_episode
-from esmeta.estimators import make_estimator
+from esmeta.estimators import WsrConfig, make_estimator
 from esmeta.protonet import ConvEmbedding, init_params, make_loss_fn, prototypes, similarity
 from esmeta.provenance import matmul_peak_gflops
 
@@ -58,7 +57,7 @@ def fast_loss():
 def wsr_estimate(loss, population: int):
     """The jitted wsr estimate(key, params, episode) of `population` candidates (one shard) at SIGMA, as training
     runs it: the config's defaults (z-scored fitnesses, independent candidates, full float32 fitnesses)."""
-    config = EstimatorConfig(name="wsr", optimizer="sgd", pop_per_shard=population)
+    config = WsrConfig(optimizer="sgd", pop_per_shard=population)
     return jax.jit(make_estimator(config, SIGMA, loss, None, 1))
 
 

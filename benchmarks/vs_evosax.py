@@ -63,7 +63,7 @@ from population_throughput import (
     wsr_estimate,
 )
 
-from esmeta.config import EstimatorConfig
+from esmeta.estimators import WsrConfig
 from esmeta.estimators import population as pop
 from esmeta.estimators.wsr import candidate_noise
 from esmeta.protonet import init_params
@@ -104,7 +104,7 @@ def open_es(population: int, flat: jax.Array):
 
 def full_precision():
     """The precision wsr evaluates fitnesses at (its config's default), for the evosax losses too."""
-    return pop.fitness_precision(EstimatorConfig().fitness_precision)()
+    return pop.fitness_precision(WsrConfig().fitness_precision)()
 
 
 def evosax_generation(population: int, flat: jax.Array, unravel, loss, mode: str):

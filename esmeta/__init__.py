@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 
 def load_run(run_dir):
-    """Config and `embed(images)` of a finished run (see `esmeta.load.load_run`)."""
-    from esmeta.load import load_run as _load_run
+    """Config and `embed(images)` of a finished run (see `esmeta.trained_run.load_run`)."""
+    from esmeta.trained_run import load_run as _load_run
 
     return _load_run(run_dir)
 

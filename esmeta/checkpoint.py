@@ -18,13 +18,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flax import serialization
 
+from esmeta.config import Config, upgrade_record
 from esmeta.errors import ConfigError
-from esmeta.results import (
+from esmeta.estimators import ESTIMATORS
+from esmeta.roles import plumbing_keys
+from esmeta.run_dir import (
     BATCH_STATS,
     CHECKPOINT,
     DONE,
@@ -33,9 +36,6 @@ from esmeta.results import (
     check_no_directory_in_the_way,
     read_finished_summary,
 )
-
-if TYPE_CHECKING:
-    from esmeta.config import Config
 
 __all__ = ["CHECKPOINT", "Progress", "RunState", "Saved", "inspect_run_dir", "load", "read", "refuse", "restore", "save",
            "sha256"]
@@ -54,7 +54,7 @@ class Progress:
     seconds: float = 0.0  # wall time spent before this process started
     budget_seconds: float = 0.0  # budget clock spent before this process started
     segments: list[dict[str, Any]] = field(default_factory=list)  # one per process that trained it (an allocation):
-    # episodes, wall and CPU time, commit and machine (train.segment_recorder); absent in checkpoints before them
+    # episodes, wall and CPU time, commit and machine (allocation.segment_recorder); absent in checkpoints before them
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,8 @@ def load(path: Path, arrays_like: Any) -> tuple[Any, Progress, dict[str, Any]]:
     return restore(saved, arrays_like), saved.progress, saved.config
 
 
-# Settings that may change between a run and its resumption: they do not change what is computed.
-RESUMABLE_CHANGES = frozenset({
-    "train.progress", "train.resume", "train.checkpoint_every", "train.max_minutes", "train.allocation_minutes",
-    "train.budget_clock",
-    "data.root", "data.cache_dir", "data.download", "hardware.compilation_cache", "logger",
-})
+# Settings that may change between a run and its resumption: the plumbing ones, which do not change what is computed.
+RESUMABLE_CHANGES = frozenset(plumbing_keys())
 
 
 def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: str = "",
@@ -154,9 +150,7 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: st
     setting's default keeps (a new setting defaults to the old behaviour), so it compares as that default.
     """
     if defaults is None:
-        from esmeta.config import Config  # the schema's defaults; imported here, config imports nothing of ours
-
-        defaults = Config().to_dict()
+        defaults = _defaults(current)
     for key in sorted(set(saved) | set(current)):
         path = f"{prefix}{key}"
         if path in RESUMABLE_CHANGES:
@@ -173,9 +167,16 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: st
     return None
 
 
+def _defaults(current: dict[str, Any]) -> dict[str, Any]:
+    """The schema's defaults for a config like `current`: its estimator section's are that estimator's."""
+    name = (current.get("estimator") or {}).get("name")
+    return Config(estimator=ESTIMATORS[name][0]()).to_dict() if name in ESTIMATORS else Config().to_dict()
+
+
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Path, what: str) -> None:
-    """Refuse (one line) to continue or keep `what` in `where` when its saved config differs from `current`'s."""
-    diff = config_difference(saved, current)
+    """Refuse (one line) to continue or keep `what` in `where` when its saved config differs from `current`'s;
+    a config saved by an earlier esmeta is compared in today's layout (`esmeta.config.upgrade_record`)."""
+    diff = config_difference(upgrade_record(saved), current)
     if diff:
         raise ConfigError(
             f"{where} holds {what} of a different configuration ({diff}); "

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from esmeta.config import IMAGES_PER_CLASS, Config, scaled
+from esmeta.config import Config
+from esmeta.data.omniglot import IMAGES_PER_CLASS
 from esmeta.data.splits import split_sizes
+from esmeta.scale import scaled
 
 # Settings that change no shape or amount of computation per step: jobs that differ only in them share a timing.
 NOT_SHAPE = ("seed", "alpha", "sigma", "train", "eval", "logger", "scale")
@@ -66,7 +68,8 @@ def measure(config: Config, min_steps: int = 2, max_steps: int = 5, seconds: flo
     """Time one job's shape here: the step's first two calls (compilation) and then `min_steps` to `max_steps`
     steps (stopping after `seconds`), and an evaluation of two episodes."""
     from esmeta.hardware import make_mesh
-    from esmeta.train import build, episode_keys, make_evaluator
+    from esmeta.metrics import episode_keys, make_evaluator
+    from esmeta.train import build
 
     run = scaled(config)
     mesh, shards = make_mesh(run.hardware)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 import platformdirs
 from jax.sharding import Mesh
 
-from esmeta.config import HardwareConfig
 from esmeta.errors import ConfigError, first_line
+
+if TYPE_CHECKING:
+    from esmeta.config import HardwareConfig
 
 AXIS = "shards"  # the one mesh axis; every collective of the estimators reduces over it
 

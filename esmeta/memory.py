@@ -14,9 +14,11 @@ from pathlib import Path
 
 import jax
 
-from esmeta.config import IMAGES_PER_CLASS, Config, scaled
+from esmeta.config import Config
+from esmeta.data.omniglot import IMAGES_PER_CLASS
 from esmeta.data.splits import split_sizes
 from esmeta.errors import ConfigError
+from esmeta.scale import scaled
 
 FLOAT = 4  # bytes of a float32 (parameters, activations, fitnesses, accuracies)
 KEY = 8  # bytes of a threefry key (two uint32)

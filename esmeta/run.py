@@ -1,7 +1,7 @@
 """Command-line entry point: `python -m esmeta.run [overrides]` (add `-m` for a Hydra multirun).
 
-Before Hydra starts, the overrides are composed and validated (each value of a sweep too), so bad
-input costs one line and exit status 2 instead of a traceback or a half-launched sweep.
+Before Hydra starts, the overrides are composed and validated (each value of a sweep too: esmeta.prelaunch),
+so bad input costs one line and exit status 2 instead of a traceback or a half-launched sweep.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from esmeta import cost, sweeps
-from esmeta.config import Config, from_mapping
-from esmeta.errors import ConfigError, EsmetaError, NeedsAcceleratorError, RunStopped, first_line
-from esmeta.results import CHECKPOINT
-from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME, USAGE_HINT
+from esmeta import cost, hydra_internals, sweep_expansion
+from esmeta.config import Config
+from esmeta.errors import EsmetaError, NeedsAcceleratorError, RunStopped, first_line
+from esmeta.prelaunch import Plan, check_composes, config_from_omegaconf, plan_command, plan_jobs
+from esmeta.run_dir import CHECKPOINT
+from esmeta.sweep_expansion import CONFIG_MODULE, CONFIG_NAME
 
 log = logging.getLogger("esmeta.run")  # by name: run as `python -m esmeta.run`, __name__ is "__main__"
 _started: float | None = None  # when `main` began (time.monotonic()): the allocation's clock, for every job
@@ -39,217 +39,6 @@ def fail(message: str) -> None:
     """The one way bad input ends a command: one line on stderr, exit status 2."""
     print(f"esmeta: error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def config_from_omegaconf(cfg: DictConfig) -> Config:
-    """Resolve interpolations and validate into a typed `Config`."""
-    try:
-        raw = OmegaConf.to_container(cfg, resolve=True)
-    except Exception as e:  # an unresolvable interpolation, e.g. a typo in ${...}
-        raise ConfigError(f"cannot resolve the configuration: {first_line(e)}") from None
-    raw.pop("hydra", None)
-    return from_mapping(raw)
-
-
-def sweep_needs_multirun(override: str) -> str:
-    """The one line for a sweep (a comma list, glob(...), range(...)) given without -m, whatever key it sweeps."""
-    key, _, value = override.partition("=")
-    line = f"{override} lists several values, which only a multirun runs: add -m (--multirun) for one job per value"
-    if "(" in value or sweeps.group_options(key.lstrip("+~").replace(".", "/")):  # glob(...), range(...), a group
-        return line
-    return f"{line}; for a single value that is a list write {key}=[{value}], for a string {key}='{value}'"
-
-
-def _hydra_error_message(e: Exception) -> str:
-    """Condense Hydra's multi-line composition errors into one actionable line."""
-    from hydra.errors import MissingConfigException
-
-    text = " ".join(str(e).split())
-    swept = re.match(r"(?:Ambiguous value for argument|Sweep parameters) '(.+?)'(?: requires --multirun)?", text)
-    if swept:
-        return sweep_needs_multirun(swept.group(1))
-    if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
-        group, _, name = e.missing_cfg_file.rpartition("/")
-        return f"{group}={name} is not an option; choose one of: {', '.join(sorted(e.options))}"
-    if "Could not override" in text or "not in struct" in text:
-        key = text.split("'")[1] if "'" in text else "?"
-        return f"unknown setting {key}; {USAGE_HINT} for the settings there are (or prefix + to add a new key)"
-    return f"{text}; {USAGE_HINT}"
-
-
-def check_overrides(overrides: Sequence[str], multirun: bool = False) -> list[Config]:
-    """Compose and validate every configuration the overrides describe, a stored sweep's grid included;
-    raise ConfigError on the first bad one."""
-    return plan_command(overrides, multirun)[0]
-
-
-def plan_command(overrides: Sequence[str], multirun: bool = False) -> tuple[list[Config], Path, bool]:
-    """(every configuration, the run or sweep directory, multirun?) of a command, all checked, nothing written."""
-    plan = plan_jobs(overrides, multirun)
-    return [job.config for job in plan.jobs], plan.out, plan.multirun
-
-
-@dataclass(frozen=True)
-class Job:
-    """One job of a command: its overrides (as Hydra passes them), its checked config, where it writes."""
-
-    number: int
-    overrides: tuple[str, ...]  # the job's own (task) overrides, hydra.* settings left out
-    config: Config
-    directory: Path
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a command will run. `complete`: every job is listed (else, past sweeps.PRODUCT_LIMIT jobs, each
-    value of each swept key once: the first values, then one change at a time)."""
-
-    jobs: list[Job]
-    out: Path
-    multirun: bool
-    complete: bool
-    total: int  # jobs the command launches (an Optuna search's trials)
-    search: bool = False  # an Optuna search: its trials are sampled as it runs, each searched range checked at its bounds
-
-
-def plan_jobs(overrides: Sequence[str], multirun: bool = False) -> Plan:
-    """Every job a command means (see esmeta.sweeps), each composed and validated; nothing is written."""
-    from hydra import compose, initialize_config_module
-    from hydra._internal.config_loader_impl import get_overrides_dirname  # the job directory's name, as Hydra's
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    from esmeta.results import ensure_writable_dir
-
-    def compose_one(variant: Sequence[str]) -> DictConfig:
-        try:
-            return compose(CONFIG_NAME, overrides=list(variant), return_hydra_config=True)
-        except Exception as e:  # Hydra composition errors and OmegaConf errors (bad keys, types)
-            raise ConfigError(_hydra_error_message(e)) from None
-
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        parser = OverridesParser.create(config_loader=loader)
-        try:
-            variants = sweeps.covering_variants(overrides)
-            base = compose_one(variants[0])
-            multirun = multirun or str(base.hydra.get("mode")).endswith("MULTIRUN")  # a stored sweep sets it
-            stored = sweeps.stored_grid(base.hydra) if multirun else {}
-            trials = sweeps.search_trials(base.hydra) if multirun else None
-            total = trials if trials is not None else sweeps.product_size(overrides, stored, loader) if multirun else 1
-            complete = trials is None and total <= sweeps.PRODUCT_LIMIT
-            if not multirun:
-                variants = [list(overrides)]
-                swept = [o for o in parser.parse_overrides(list(overrides)) if o.is_sweep_override()]
-                if swept:
-                    raise ConfigError(sweep_needs_multirun(swept[0].input_line))
-            elif complete:  # the whole product, in launch order
-                variants = sweeps.job_overrides(overrides, stored, loader)
-            elif stored:  # too many to list: each value of the stored grid and of the command line once
-                variants = sweeps.covering_variants([*overrides, *sweeps.grid_overrides(stored, overrides)])
-            parsed = [parser.parse_overrides(list(v)) for v in variants]
-        except OverrideParseException as e:
-            raise ConfigError(f"cannot parse the overrides: {first_line(e)}") from None
-        out = _output_dir(base.hydra, multirun)
-        dirname = base.hydra.job.config.override_dirname
-        compose_cached = _cached_compose(compose_one)
-        jobs = []
-        for number, job_parsed in enumerate(parsed):
-            variant = [o.input_line for o in job_parsed if not o.is_hydra_override()]  # the job's task overrides
-            try:
-                cfg = compose_cached(job_parsed)
-                config = config_from_omegaconf(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
-                directory = out
-                if multirun and complete:
-                    name = get_overrides_dirname([o for o in job_parsed if not o.is_hydra_override()],
-                                                 list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep)
-                    directory = _job_directory(cfg, out, number, name)
-            except ConfigError as e:
-                if not multirun:
-                    raise
-                raise ConfigError(f"job {number} ({' '.join(variant)}): {e}") from None
-            jobs.append(Job(number, tuple(variant), config, directory))
-    ensure_writable_dir(out, "hydra.sweep.dir" if multirun else "hydra.run.dir", create=False)
-    if multirun and complete:  # (a search's trials are named as it runs: complete is false for it)
-        _check_job_directories(jobs, out)
-    return Plan(jobs, out, multirun, complete, total, search=trials is not None)
-
-
-def _check_path(key: str, value: Any) -> Path:
-    """An output path setting: never empty (an empty path is the current directory)."""
-    if not str(value).strip():
-        raise ConfigError(f"{key}={str(value)!r} is an empty path (the current directory); give a directory, or "
-                          f"leave {key} out for its default")
-    return Path(str(value))
-
-
-def _output_dir(hydra_cfg: Any, multirun: bool) -> Path:
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    return _check_path(key, hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir)
-
-
-def _job_directory(cfg: DictConfig, out: Path, number: int, override_dirname: str) -> Path:
-    """Where Hydra puts job `number`: `hydra.sweep.subdir` resolved as the launcher resolves it (job number,
-    override dirname) under the sweep directory."""
-    with open_dict(cfg):
-        cfg.hydra.job.num = cfg.hydra.job.id = number
-        cfg.hydra.job.override_dirname = override_dirname
-    saved = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the subdir, as Hydra's run_job does
-    try:
-        subdir = OmegaConf.select(cfg, "hydra.sweep.subdir", throw_on_resolution_failure=True)
-    except Exception as e:  # an unresolvable interpolation in the subdir
-        raise ConfigError(f"cannot resolve hydra.sweep.subdir: {first_line(e)}") from None
-    finally:
-        HydraConfig.instance().cfg = saved
-    return Path(os.path.normpath(out / _check_path("hydra.sweep.subdir", subdir)))
-
-
-def _check_job_directories(jobs: Sequence[Job], out: Path) -> None:
-    """Before the first job: every job has a directory of its own (not the sweep's), with names this filesystem
-    takes, that can be created and written."""
-    from esmeta.results import ensure_writable_dir
-
-    first: dict[Path, int] = {}
-    for job in jobs:
-        if job.directory == Path(os.path.normpath(out)):
-            raise ConfigError(f"job {job.number} would write into the sweep directory {out} itself; "
-                              "set hydra.sweep.subdir to a name per job, e.g. ${hydra.job.num}")
-        if job.directory in first:
-            raise ConfigError(f"jobs {first[job.directory]} and {job.number} would both write to {job.directory}; "
-                              "hydra.sweep.subdir must differ between jobs: keep ${hydra.job.num} in it")
-        first[job.directory] = job.number
-        try:
-            ensure_writable_dir(job.directory, "hydra.sweep.subdir", create=False)
-        except ConfigError as e:
-            raise ConfigError(f"job {job.number} ({' '.join(job.overrides)}): {e}") from None
-
-
-def _cached_compose(compose_one: Any) -> Any:
-    """Compose a job's config, once per distinct set of config-group choices: a job that differs only in plain
-    values (alpha=1,2,3) is that composition with its values set, as Hydra sets them after the defaults."""
-    cache: dict[tuple[str, ...], DictConfig] = {}
-
-    def is_plain_value(o: Any) -> bool:
-        key = o.key_or_group
-        return (o.package is None and not o.is_add() and not o.is_delete() and not o.is_force_add()
-                and not o.is_hydra_override() and not sweeps.group_options(key.replace(".", "/")))
-
-    def compose_job(parsed: list[Any]) -> DictConfig:
-        values = [o for o in parsed if is_plain_value(o)]
-        structural = tuple(o.input_line for o in parsed if not is_plain_value(o))
-        if structural not in cache:
-            cache[structural] = compose_one(structural)
-        cfg = cache[structural].copy()
-        for o in values:
-            try:
-                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
-            except Exception as e:  # an unknown key (struct mode) or a value of the wrong type
-                raise ConfigError(_hydra_error_message(e)) from None
-        return cfg
-
-    return compose_job
 
 
 JOB_FAILED = "failed"  # what a multirun job returns when it failed (recorded in its summary, counted at the end)
@@ -265,14 +54,15 @@ class FailedJobs(Callback):
         self.not_started: list[str] = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if sweeps.search_trials(config.hydra) is not None:  # a search whose every trial failed: the same line
-            sweeps.end_failed_search_in_one_line(lambda: self.on_multirun_end(config))
+        if sweep_expansion.search_trials(config.hydra) is not None:  # a search whose every trial failed: the same line
+            hydra_internals.guard_optuna_search(lambda: self._no_trial_completed(config))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         self.jobs += 1
-        if job_return._return_value == JOB_NOT_STARTED:
+        value = hydra_internals.job_return_value(job_return)
+        if value == JOB_NOT_STARTED:
             self.not_started.append(str(config.hydra.runtime.output_dir))
-        elif job_return.status == JobStatus.FAILED or job_return._return_value == JOB_FAILED:
+        elif job_return.status == JobStatus.FAILED or value == JOB_FAILED:
             self.failed.append(str(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -285,34 +75,24 @@ class FailedJobs(Callback):
                   "only those", file=sys.stderr)
             sys.exit(1)
 
+    def _no_trial_completed(self, config: DictConfig) -> None:
+        """An Optuna search none of whose trials has a validation accuracy: the failed count's line, else this one."""
+        self.on_multirun_end(config)
+        print("esmeta: error: no trial of the search has a validation accuracy to compare (collapsed or skipped "
+              "runs: each one's summary.json says why)", file=sys.stderr)
+        sys.exit(1)
 
-def _jobs_that_cannot_start_fail_alone() -> None:
-    """Make a job that Hydra's basic launcher cannot start (its directory cannot be created, its log file not
-    opened) that job's failure, reported in one line, instead of the end of the sweep: the directories are checked
-    before the first job (`plan_jobs`), but one can go away meanwhile. Hydra takes launchers only from its plugin
-    package, so this wraps the launcher's `run_job`."""
-    from hydra._internal.core_plugins import basic_launcher
 
-    run_job = basic_launcher.run_job
-    if getattr(run_job, "esmeta", False):
-        return
-
-    def run_job_or_fail(*, config: DictConfig, hydra_context: Any, **kwargs: Any) -> JobReturn:
-        try:
-            return run_job(config=config, hydra_context=hydra_context, **kwargs)
-        except Exception as e:  # run_job catches the task's errors: this one came before the task started
-            out = config.hydra.runtime.get("output_dir") or config.hydra.sweep.dir
-            while e.__cause__ is not None:  # logging's "Unable to configure handler" wraps the OSError that says why
-                e = e.__cause__
-            print(f"esmeta: error: job {config.hydra.job.num} cannot start in {out} ({first_line(e)}); "
-                  "free that path and rerun the same command", file=sys.stderr)
-            ret = JobReturn(overrides=list(config.hydra.overrides.task), status=JobStatus.COMPLETED,
-                            _return_value=JOB_NOT_STARTED)
-            hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-            return ret
-
-    run_job_or_fail.esmeta = True  # type: ignore[attr-defined]
-    basic_launcher.run_job = run_job_or_fail
+def _cannot_start(config: DictConfig, error: BaseException) -> str:
+    """A job that Hydra's basic launcher cannot start (its directory cannot be created, its log file not opened):
+    that job's failure, reported in one line, instead of the end of the sweep. The directories are checked before
+    the first job (`plan_jobs`), but one can go away meanwhile."""
+    out = config.hydra.runtime.get("output_dir") or config.hydra.sweep.dir
+    while error.__cause__ is not None:  # logging's "Unable to configure handler" wraps the OSError that says why
+        error = error.__cause__
+    print(f"esmeta: error: job {config.hydra.job.num} cannot start in {out} ({first_line(error)}); "
+          "free that path and rerun the same command", file=sys.stderr)
+    return JOB_NOT_STARTED
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
@@ -383,21 +163,32 @@ def _job_failed(error: Exception, config: Config | None, run_dir: Path, job: Any
 
 def dry_run(overrides: Sequence[str], multirun: bool = False, estimate: bool = False) -> str:
     """What a command would run, job by job: its overrides, where it writes and how its configuration differs
-    from the defaults; with `estimate`, each job's expected time on this machine and the total (esmeta.cost).
+    from its estimator's defaults; with `estimate`, each job's expected time on this machine and the total (esmeta.cost).
     Everything is checked as before a real launch; nothing is trained and nothing is written."""
 
     plan = plan_jobs(overrides, multirun)
     costs = _estimates(plan) if estimate else None
-    defaults = _flat(plan_jobs([]).jobs[0].config.to_dict())
+    default_name = plan_jobs([]).jobs[0].config.estimator.name
+    references: dict[str, dict[str, Any]] = {}  # estimator -> the configuration `estimator=<it>` composes alone
+
+    def differences(config: Config) -> str:
+        """The job's settings that differ from its estimator's defaults (the estimator named where not the default)."""
+        name = config.estimator.name
+        if name not in references:
+            references[name] = _flat(plan_jobs([f"estimator={name}"]).jobs[0].config.to_dict())
+        chosen = [f"estimator.name={name}"] if name != default_name else []
+        return " ".join(chosen + [f"{k}={v}" for k, v in _flat(config.to_dict()).items()
+                                  if k != "estimator.name" and references[name].get(k) != v])
+
     what = "job" if plan.total == 1 else "jobs"
     lines = [f"dry run: {plan.total} {what} -> {plan.out} (nothing runs, nothing is written)"]
     if plan.search:
         lines.append(f"  an Optuna search: its {plan.total} trials are sampled as it runs; each searched range was "
                      "checked at its bounds (shown)")
     elif not plan.complete:
-        lines.append(f"  more than {sweeps.PRODUCT_LIMIT} jobs: each value of each swept key is shown (and was checked) once")
+        lines.append(f"  more than {sweep_expansion.PRODUCT_LIMIT} jobs: each value of each swept key is shown (and was checked) once")
     for job in plan.jobs:
-        differ = " ".join(f"{k}={v}" for k, v in _flat(job.config.to_dict()).items() if defaults.get(k) != v)
+        differ = differences(job.config)
         lines.append(f"#{job.number} {' '.join(job.overrides) or '(no overrides)'}")
         lines.append(f"    writes to {job.directory}")
         lines.append(f"    differs from the defaults: {differ or 'nothing'}")
@@ -439,10 +230,6 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                     "--config-dir", "-cd", "--experimental-rerun")  # Hydra's flags that take the next word
-
-
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
     """(overrides, multirun?, other flags?) from the command line.
 
@@ -456,7 +243,7 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
         elif a.startswith("-"):
             if a not in ("-m", "--multirun"):
                 flags.append(a)
-                after_flag = a in HYDRA_VALUE_FLAGS
+                after_flag = a in hydra_internals.HYDRA_VALUE_FLAGS
         else:
             overrides.append(a)
     return overrides, multirun, bool(flags)
@@ -486,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _USER_ARGV = [sys.argv[0], *argv]
     sys.argv = [sys.argv[0], *with_pinned(argv, pinned)]
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # (training itself first finishes its step and checkpoints)
-    _jobs_that_cannot_start_fail_alone()
+    hydra_internals.guard_basic_launcher(_cannot_start)
     try:
         _job()
     except RunStopped as stop:
@@ -540,18 +327,6 @@ def pin_directory(out: Path, multirun: bool) -> str:
     return f"hydra.{'sweep' if multirun else 'run'}.dir='{text}'"
 
 
-def check_composes(overrides: Sequence[str]) -> None:
-    """A ConfigError if Hydra cannot compose these overrides (a bad group option, an unknown key, a comma
-    list without -m); the values are not validated: `--cfg job` shows what a run would get, valid or not."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        try:
-            compose(CONFIG_NAME, overrides=list(overrides))
-        except Exception as e:  # Hydra composition errors and OmegaConf errors (bad keys, types)
-            raise ConfigError(_hydra_error_message(e)) from None
-
-
 def _preflight(overrides: Sequence[str], multirun: bool) -> tuple[Any, Path, bool]:
     """Check the command before Hydra writes anything; return the lock it holds on the run or sweep directory,
     that directory (its `${now:...}` resolved) and whether the command is a multirun (a stored sweep is one).
@@ -559,7 +334,7 @@ def _preflight(overrides: Sequence[str], multirun: bool) -> tuple[Any, Path, boo
     A single run is checked whole (hardware, data, what its directory holds); a multirun's sweep directory is
     locked for the whole sweep, and each job is checked when it starts (a failure is that job's alone).
     """
-    from esmeta.results import DirLock
+    from esmeta.run_dir import DirLock
     from esmeta.train import preflight
 
     configs, out, multirun = plan_command(overrides, multirun)

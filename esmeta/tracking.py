@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from esmeta.config import Config, LoggerConfig
 from esmeta.errors import EsmetaError, first_line
-from esmeta.results import atomic_write_bytes
+from esmeta.roles import unnamed_overrides
+from esmeta.run_dir import atomic_write_bytes
 
 if TYPE_CHECKING:
     from wandb.sdk.wandb_run import Run
@@ -29,10 +30,9 @@ log = logging.getLogger(__name__)
 MODES = ("offline", "online", "disabled")
 DEFAULT_MODE = "offline"
 RUN_ID_FILE = "wandb_run_id"
-# Overrides that say where things are, not what runs: left out of run names.
-PATH_KEYS = frozenset({"data.root", "data.cache_dir"})
-# Recorded as the W&B group rather than repeated in every run name of a sweep.
-GROUP_KEYS = frozenset({"sweep"})
+# Overrides left out of run names, as Hydra leaves them out of job directories: the plumbing (paths, progress, ...),
+# the sweep (recorded as the W&B group) and its scale.
+UNNAMED = frozenset(unnamed_overrides())
 
 
 class Tracker(Protocol):
@@ -243,14 +243,13 @@ def epoch_row(record: dict[str, float]) -> dict[str, float]:
 def run_name(overrides: Sequence[str]) -> str:
     """A readable, stable run name from a job's Hydra overrides: `key=value` pairs sorted by key, comma-joined.
 
-    Hydra's own settings, paths (PATH_KEYS) and the sweep's name (the group) are left out;
+    Hydra's own settings and the overrides job directories leave out (UNNAMED) are left out;
     a job without other overrides is `default`.
     """
     kept = [
         o.strip()
         for o in overrides
-        if (key := _override_key(o)).split("/")[0].split(".")[0] != "hydra"
-        and key not in PATH_KEYS and key not in GROUP_KEYS
+        if (key := _override_key(o)).split("/")[0].split(".")[0] != "hydra" and key not in UNNAMED
     ]
     return ",".join(sorted(kept, key=lambda o: (_override_key(o), o))) or "default"
 

@@ -9,12 +9,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,29 +23,34 @@ import optax
 from flax import serialization
 
 from esmeta import checkpoint
-from esmeta.config import Config, EstimatorConfig, check_fits_scale, scaled
+from esmeta.allocation import ALLOCATION_EXIT, StopRequests, make_budget_clock, segment_recorder, stop_reason
+from esmeta.config import Config
 from esmeta.console import ProgressBar, epoch_line
 from esmeta.data import load_omniglot, sample_episode, split_classes
 from esmeta.data.omniglot import check_zips
 from esmeta.errors import EsmetaError, RunStopped
-from esmeta.estimators import make_estimator
+from esmeta.estimators import EstimatorConfig, make_estimator
 from esmeta.hardware import configure_backend, make_mesh
 from esmeta.memory import check_memory
-from esmeta.protonet import (
-    BatchStats,
-    init_batch_stats,
-    init_params,
-    make_metrics_fn,
-    num_params,
-    update_running,
+from esmeta.metrics import (
+    EXACT_DROPPED,
+    MetricsFn,
+    accuracy_stats,
+    all_finite,
+    episode_keys,
+    epoch_rates,
+    make_evaluator,
+    mean_metrics,
+    metrics_fn,
 )
-from esmeta.provenance import available_cores, matmul_peak_gflops, provenance, versions
-from esmeta.results import DirLock, RunDir, read_finished_summary
+from esmeta.protonet import init_batch_stats, init_params, num_params, update_running
+from esmeta.provenance import provenance, versions
+from esmeta.record import record
+from esmeta.run_dir import DirLock, RunDir, read_finished_summary
+from esmeta.scale import check_fits_scale, scaled
 from esmeta.tracking import default_group, epoch_row, open_tracker, run_name, run_tags
 
 log = logging.getLogger(__name__)
-# (params, episode, running averages) -> (loss, accuracy, the batch-norm statistics used)
-MetricsFn = Callable[..., tuple[jax.Array, jax.Array, BatchStats]]
 
 
 def make_optimizer(alpha: float, est: EstimatorConfig) -> optax.GradientTransformation:
@@ -62,18 +64,6 @@ def make_optimizer(alpha: float, est: EstimatorConfig) -> optax.GradientTransfor
     if est.weight_decay:
         return optax.chain(optax.add_decayed_weights(est.weight_decay), rule)
     return rule
-
-
-def metrics_fn(config: Config, way: int, evaluation: bool = False) -> MetricsFn:
-    """`protonet.make_metrics_fn` with the run's distance and batch-norm protocol: the single loss of training
-    and of evaluation (`evaluation`: with the running averages under model.norm_stats=running)."""
-    return make_metrics_fn(way=way, distance=config.distance.name, scale=config.distance.scale,
-                           norm_stats=config.model.norm_stats, evaluation=evaluation)
-
-
-def episode_keys(key: jax.Array, n: int) -> jax.Array:
-    """n episode keys by fold_in, so the first k of n episodes are the same for any n >= k."""
-    return jax.vmap(partial(jax.random.fold_in, key))(jnp.arange(n))
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -104,57 +94,6 @@ def make_train_step(estimate, optimizer: optax.GradientTransformation, sample, m
         return optax.apply_updates(params, updates), opt_state, update_running(running, moments), out
 
     return jax.jit(step, donate_argnums=(0, 1, 2))
-
-
-def make_evaluator(images: jax.Array, keys: jax.Array, way: int, shot: int, query: int, metrics: MetricsFn):
-    """`evaluate(params, running)`: accuracy on each of a fixed set of episodes (one per key), at full float32
-    precision (batch norm as `metrics` says: with the running averages under norm_stats=running)."""
-
-    def evaluate(params, running):
-        def one(key):
-            return metrics(params, sample_episode(key, images, way, shot, query), running)[1]
-
-        with jax.default_matmul_precision("highest"):
-            return jax.lax.map(one, keys)
-
-    return jax.jit(evaluate)
-
-
-def accuracy_stats(accuracies: np.ndarray) -> dict[str, float]:
-    """Mean, sample standard deviation (ddof=1, the paper's '±') and 95% CI half-width over episodes."""
-    n = len(accuracies)
-    std = float(np.std(accuracies, ddof=1)) if n > 1 else 0.0
-    return {
-        "test_accuracy": float(np.mean(accuracies)),
-        "test_accuracy_std": std,
-        "test_accuracy_ci95": 1.96 * std / math.sqrt(n),
-        "test_episodes": n,
-    }
-
-
-def all_finite(tree) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
-
-
-def make_budget_clock(kind: str) -> Callable[[], float]:
-    """Seconds spent so far by the budget's clock: elapsed wall time, or this process's CPU time divided by
-    the cores it may use (on a machine shared with other work, the compute a quiet machine would give)."""
-    if kind == "cpu":
-        cores = available_cores()
-        cpu0 = time.process_time()
-        return lambda: (time.process_time() - cpu0) / cores
-    wall0 = time.perf_counter()
-    return lambda: time.perf_counter() - wall0
-
-
-def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
-    """Average per-step host metrics over a logging window; nan where no step was finite."""
-    out = {}
-    for k in window[0]:
-        values = np.asarray([m[k] for m in window], np.float64)
-        finite = values[np.isfinite(values)]
-        out[k] = float(finite.mean()) if finite.size else float("nan")
-    return out
 
 
 @dataclass(frozen=True)
@@ -200,7 +139,8 @@ def record_failure(config: Config, run_dir: Path, job: JobInfo, error: BaseExcep
             if out.done and read_finished_summary(out.path).get("status") not in ("failed", "skipped"):
                 return False
             out.finish({"status": status, "error": message, "config": config.to_dict(), "scale": config.scale.name,
-                        "overrides": list(job.overrides), "sweep": job.sweep, "provenance": provenance()})
+                        "overrides": list(job.overrides), "sweep": job.sweep, "provenance": provenance(),
+                        **record(config, job.overrides)})
     except (EsmetaError, OSError):
         return False
     return True
@@ -280,7 +220,7 @@ def build(config: Config, run: Config, mesh: Any, shards: int, images: dict[str,
     ) if config.eval.val_episodes else None
     return Setup(
         images=images, train_step=make_train_step(estimate, optimizer, sample_train, train_metrics,
-                                                  shards if e.shard_episodes == "own" else 0),
+                                                  e.own_episodes(shards)),
         validate_fn=validate_fn, eval_metrics=eval_metrics,
         state=(params, optimizer.init(params), init_batch_stats(params)),
         train_key=train_key, test_key=test_key, num_params=num_params(params), population=e.is_es,
@@ -296,7 +236,7 @@ def end_epoch(progress: checkpoint.Progress, params: Any, running: Any, setup: S
     dropped = {"es/candidates"} if setup.population else {"es/candidates", *EXACT_DROPPED}
     for i, row in enumerate(progress.window):
         tracker.log({k: v for k, v in row.items() if k not in dropped}, step=first + i)
-    record = _mean_metrics(progress.window)
+    record = mean_metrics(progress.window)
     candidates = record.pop("es/candidates", 1.0)
     record = {k: v for k, v in record.items() if k not in dropped}
     record.update(epoch_rates(candidates, epoch_steps, epoch_seconds, setup.population))
@@ -312,20 +252,6 @@ def end_epoch(progress: checkpoint.Progress, params: Any, running: Any, setup: S
     progress.records.append(record)
     progress.window = []
     return record, finite
-
-
-# An exact gradient (backprop, forward_mode) evaluates one candidate, mu: its fitness statistics are -loss, 0, -loss.
-EXACT_DROPPED = ("es/fitness_mean", "es/fitness_std", "es/fitness_max")
-
-
-def epoch_rates(candidates: float, steps: int, seconds: float, population: bool) -> dict[str, float]:
-    """An epoch's pace over `steps` steps taking `seconds` (compilation left out): episodes/s for every estimator,
-    candidates/s for the population ones (for which it is what the hardware does); nan when no step was timed."""
-    episodes_per_s = steps / seconds if steps and seconds > 0 else float("nan")
-    rates = {"train/episodes_per_s": episodes_per_s}
-    if population:
-        rates["es/candidates_per_s"] = candidates * episodes_per_s
-    return rates
 
 
 def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Progress, accuracies: np.ndarray,
@@ -348,8 +274,8 @@ def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Pr
         "num_params": setup.num_params,
         "estimator": e.name,
         "alpha": config.alpha,
-        "sigma": getattr(e.own(config.sigma), "sigma", None),  # the perturbation used (wsr's, finite_diff's)
         "pop_per_shard": e.pop_per_shard if e.is_es else None,  # as run (after the scale's caps)
+        **record(config, job.overrides, progress.step),  # what the analysis reads: point, sigma, protocol, budget, ...
         "population": e.pop_per_shard * shards if e.is_es else None,
         "shards": shards,
         "hardware": config.hardware.name,
@@ -419,50 +345,6 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
         if not stopped_by_budget:  # complete: params.msgpack and the summary replace the checkpoint; a run its time
             ckpt_path.unlink(missing_ok=True)  # budget stopped keeps it, for a rerun with a larger budget to continue
     return summary
-
-
-ALLOCATION_EXIT = 3  # exit status of a command stopped by train.allocation_minutes: unfinished, rerun to continue
-
-
-def segment_recorder(start_episode: int, wall0: float, cpu0: float) -> Callable[[int], dict[str, Any]]:
-    """This process's part of a run (one allocation): `record(episode)` says which episodes it trained, on what
-    code and machine (with its matmul rate, measured once here), in how much wall and CPU time so far."""
-    source = provenance()
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    peak = round(matmul_peak_gflops(repeats=3), 1)
-
-    def record(end_episode: int) -> dict[str, Any]:
-        return {"start_episode": start_episode, "end_episode": end_episode, "started_at": started,
-                "wall_s": round(time.perf_counter() - wall0, 1), "cpu_s": round(time.process_time() - cpu0, 1),
-                "commit": source["commit"], "dirty": source["dirty"], "processor": source["machine"]["processor"],
-                "cores": source["machine"]["cores"], "matmul_peak_gflops": peak}
-
-    return record
-
-
-class StopRequests:
-    """SIGTERM and SIGINT (Ctrl-C) while training, noted and acted on after the current step: the loop then
-    checkpoints and stops (`RunStopped`). A second Ctrl-C stops at once (the last checkpoint stays)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def _note(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> StopRequests:
-        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-            self.previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 def train_loop(config: Config, setup: Setup, state: tuple[Any, Any, Any], progress: checkpoint.Progress, out: RunDir,
@@ -541,7 +423,7 @@ def train_loop(config: Config, setup: Setup, state: tuple[Any, Any, Any], progre
                 saved = None
                 if every and (progress.step % every == 0 or progress.step % epe == 0):
                     saved = save()
-                why = _stop_reason(stops, deadline, config.train.allocation_minutes)
+                why = stop_reason(stops, deadline, config.train.allocation_minutes)
                 if why is not None:
                     saved = saved or save()
                     raise RunStopped(why[0], why[1], f"at episode {progress.step} of {total}, checkpoint {saved}")
@@ -549,11 +431,3 @@ def train_loop(config: Config, setup: Setup, state: tuple[Any, Any, Any], progre
         bar.close()
     return (params, opt_state, running), status, stopped_by_budget
 
-
-def _stop_reason(stops: StopRequests, deadline: float | None, allocation: float) -> tuple[str, int] | None:
-    """(why, exit status) when training must stop here, unfinished: a signal, or the allocation's end."""
-    if stops.signum is not None:
-        return signal.Signals(stops.signum).name, 128 + stops.signum
-    if deadline is not None and time.monotonic() >= deadline:
-        return f"train.allocation_minutes={allocation:g} reached", ALLOCATION_EXIT
-    return None

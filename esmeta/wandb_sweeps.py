@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from esmeta.errors import ConfigError
-from esmeta.sweeps import CONFIG_MODULE, CONFIG_NAME, expand, stored_grid, sweep_names
+from esmeta.sweep_expansion import CONFIG_MODULE, CONFIG_NAME, expand, stored_grid, sweep_names
 
 DEFAULT_OUT = Path("sweeps/wandb")
 METRIC = {"name": "test_accuracy", "goal": "maximize"}  # summary.json's, and the W&B run summary's
@@ -89,7 +89,7 @@ def render(name: str, extra: Sequence[str] = (), out: Path = DEFAULT_OUT) -> str
 
 def check_extra(names: Sequence[str], extra: Sequence[str]) -> None:
     """Each --extra is KEY=VALUE, sweeps nothing, and every job of each grid still composes and validates with it."""
-    from esmeta.run import plan_command
+    from esmeta.prelaunch import plan_command
 
     for item in extra:
         key, sep, _ = item.partition("=")

@@ -1,15 +1,18 @@
 """Configuration: every shipped config composes and validates; bad input gets one line naming the setting."""
 
-from dataclasses import fields
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 
-from esmeta.config import ESTIMATORS, Config, from_mapping
+from esmeta.config import Config, from_mapping
 from esmeta.errors import ConfigError
-from esmeta.run import check_overrides
-from esmeta.sweeps import CONFIG_MODULE
+from esmeta.estimators import ESTIMATORS
+from esmeta.prelaunch import check_overrides
+from esmeta.sweep_expansion import CONFIG_MODULE
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -96,7 +99,7 @@ BAD_INPUTS = [
     (["estimator=finite_diff", "estimator.fd_sigma=-1e-3"], "estimator.fd_sigma"),
     (["distance.scale=0"], "distance.scale=0"),
     (["estimator=wsr", "estimator.shard_episodes=each"], "estimator.shard_episodes='each' is not an option"),
-    (["estimator=finite_diff", "estimator.shard_episodes=own"], "estimator.shard_episodes=own is a wsr setting"),
+    (["estimator=finite_diff", "estimator.shard_episodes=own"], "estimator.shard_episodes is a setting of wsr only"),
     (["hydra.run.dir=/proc/esmeta-cannot-write-here"], "is not writable"),
 ]
 
@@ -152,24 +155,39 @@ def test_the_largest_seed_is_accepted():
     assert config.seed == 2**63 - 1
 
 
-def test_each_estimator_has_its_own_typed_settings_split_from_the_section():
-    """`own` routes the perturbation: wsr takes the top-level sigma, finite_diff its fd_sigma (as its own sigma)."""
-    from esmeta.config import OWN_CONFIGS, EstimatorConfig, FiniteDiffConfig, WsrConfig
-
-    section = EstimatorConfig(name="wsr", pop_per_shard=8, fd_sigma=2e-3, fd_reduce="mean", antithetic=True)
-    assert section.own(0.05) == WsrConfig(sigma=0.05, pop_per_shard=8, antithetic=True)
-    fd = EstimatorConfig(name="finite_diff", pop_per_shard=8, fd_sigma=2e-3, fd_reduce="mean").own(0.05)
-    assert fd == FiniteDiffConfig(sigma=2e-3, pop_per_shard=8, reduce="mean")
-    assert EstimatorConfig(name="backprop").own(0.05) == OWN_CONFIGS["backprop"]()
-    section_fields = {f.name for f in fields(EstimatorConfig)}
-    for own in OWN_CONFIGS.values():  # every own setting is written somewhere on the command line
-        assert {own.FROM.get(f.name, f.name) for f in fields(own)} - {"<sigma>"} <= section_fields, own.NAME
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_each_estimators_yaml_holds_what_its_config_declares(name):
+    """conf/estimator/<name>.yaml sets exactly the fields of the estimator's config, at their declared defaults,
+    and the top-level settings it reads (TOP_LEVEL): the YAML is how Hydra learns them, the file declares them."""
+    config = ESTIMATORS[name][0]
+    stored = yaml.safe_load((CONF / "estimator" / f"{name}.yaml").read_text())
+    assert stored.pop("estimator") == dataclasses.asdict(config())
+    assert stored == config.TOP_LEVEL
+    (composed,) = check_overrides([f"estimator={name}"])
+    assert composed.estimator == config()
 
 
-def test_the_own_rules_apply_only_to_the_estimator_that_runs_but_options_everywhere():
-    base = {"estimator": {"name": "backprop", "pop_per_shard": 1, "fd_sigma": 0.0}, "sigma": 0.0}
-    from_mapping(base)  # wsr's and finite_diff's rules do not bind backprop
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["estimator=wsr", "estimator.fd_sigma=0.1"], "estimator.fd_sigma is a setting of finite_diff only"),
+        (["estimator=wsr", "+estimator.fd_sigma=0.1"],
+         "estimator.fd_sigma is a setting of finite_diff only (estimator=wsr does not read it): drop it, or choose "
+         "that estimator (estimator=finite_diff)"),
+        (["estimator.pop_per_shard=4"], "estimator.pop_per_shard is a setting of wsr and finite_diff only"),
+    ],
+)
+def test_a_setting_of_another_estimator_is_one_line_naming_who_reads_it(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        check_overrides(overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_an_estimator_section_holds_only_what_its_estimator_reads():
+    from_mapping({"estimator": {"name": "backprop"}, "sigma": 0.0})  # wsr's sigma does not bind backprop
     with pytest.raises(ConfigError, match=r"^estimator\.fd_sigma=0 must be positive"):
         from_mapping({"estimator": {"name": "finite_diff", "fd_sigma": 0.0}})
-    with pytest.raises(ConfigError, match=r"^estimator\.fitness_shaping='rank' is not an option"):
+    with pytest.raises(ConfigError, match=r"^estimator\.fitness_shaping is a setting of wsr only \(estimator=backprop"):
         from_mapping({"estimator": {"name": "backprop", "fitness_shaping": "rank"}})
+    assert set(Config().to_dict()["estimator"]) == {"name", "optimizer", "lr_decay_every", "lr_decay_factor",
+                                                    "weight_decay"}

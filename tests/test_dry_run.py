@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from esmeta.run import plan_jobs
+from esmeta.prelaunch import plan_jobs
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -37,13 +37,15 @@ def test_the_dry_run_writes_nothing_and_runs_nothing(tmp_path: Path):
     assert [line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("#")] == [
         "estimator=wsr alpha=1", "estimator=wsr alpha=10", "estimator=finite_diff alpha=1",
         "estimator=finite_diff alpha=10"]  # Hydra's order: the product over the keys as given
+    differs = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if "differs from the defaults" in line]
+    assert differs[:2] == ["estimator.name=wsr", "estimator.name=wsr alpha=10.0"]  # against wsr's own defaults (alpha 1)
     assert not any(tmp_path.iterdir())
 
 
 def test_a_bad_combination_is_refused_before_anything_runs(tmp_path: Path):
-    """Each value is fine alone (backprop ignores the population; wsr takes 4): only (wsr, 1) is not."""
+    """Each value is fine alone (finite_diff probes 1 coordinate a shard; wsr takes 4): only (wsr, 1) is not."""
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "estimator=backprop,wsr", "estimator.pop_per_shard=4,1", f"hydra.sweep.dir={sweep}",
+    proc = run_cli("-m", "estimator=finite_diff,wsr", "estimator.pop_per_shard=4,1", f"hydra.sweep.dir={sweep}",
                    cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -65,9 +67,9 @@ def test_jobs_composed_once_per_group_choice_equal_jobs_composed_alone():
 
 
 def test_past_the_product_limit_each_value_is_checked_once(monkeypatch):
-    import esmeta.sweeps
+    import esmeta.sweep_expansion
 
-    monkeypatch.setattr(esmeta.sweeps, "PRODUCT_LIMIT", 3)
+    monkeypatch.setattr(esmeta.sweep_expansion, "PRODUCT_LIMIT", 3)
     plan = plan_jobs(["alpha=1,2,3", "seed=0,1"], multirun=True)
     assert (plan.complete, plan.total) == (False, 6)
     assert [j.overrides for j in plan.jobs] == [("alpha=1", "seed=0"), ("alpha=2", "seed=0"), ("alpha=3", "seed=0"),

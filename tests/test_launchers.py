@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_module
 
-from esmeta.sweeps import CONFIG_MODULE
+from esmeta.sweep_expansion import CONFIG_MODULE
 
 
 @pytest.mark.parametrize("preset,nodes,tasks", [("slurm_gpu", 1, 1), ("slurm_multinode", 2, 4)])

@@ -15,14 +15,16 @@ import jax.numpy as jnp
 import pytest
 
 from esmeta import memory
-from esmeta.config import IMAGES_PER_CLASS, scaled
 from esmeta.data import sample_episode
+from esmeta.data.omniglot import IMAGES_PER_CLASS
 from esmeta.errors import ConfigError
 from esmeta.estimators import make_estimator
 from esmeta.hardware import make_mesh
+from esmeta.metrics import episode_keys, make_evaluator, metrics_fn
+from esmeta.prelaunch import check_overrides
 from esmeta.protonet import init_batch_stats, init_params
-from esmeta.run import check_overrides
-from esmeta.train import episode_keys, make_evaluator, make_optimizer, make_train_step, metrics_fn
+from esmeta.scale import scaled
+from esmeta.train import make_optimizer, make_train_step
 
 TINY = ["task.train_way=5", "task.shot=1", "task.query=2", "task.test_way=5", "task.test_shot=1", "task.test_query=5"]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from esmeta.run import _split_argv, plan_command
+from esmeta.prelaunch import plan_command
+from esmeta.run import _split_argv
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -17,8 +17,8 @@ from flax import serialization
 import esmeta
 from esmeta import checkpoint
 from esmeta.errors import ConfigError, DataError
-from esmeta.results import LOCK, DirLock, atomic_write_bytes, read_metrics, read_summary
-from esmeta.run import plan_jobs
+from esmeta.prelaunch import plan_jobs
+from esmeta.run_dir import LOCK, DirLock, atomic_write_bytes, read_metrics, read_summary
 
 # As tests/test_run.py's (test modules are not importable from one another here).
 FAST = ["task.train_way=5", "task.shot=1", "task.query=2", "task.test_query=5", "model.channels=4", "train.epochs=2",
@@ -85,7 +85,7 @@ def test_a_second_run_into_a_busy_directory_exits_2_naming_it_and_the_holder(fin
     """The lock is held by a live process (here a helper holding it); the second run writes nothing."""
     busy = tmp_path / "busy"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from esmeta.results import DirLock; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from esmeta.run_dir import DirLock; "
          "DirLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)", str(busy)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -311,7 +311,7 @@ def test_stale_temporaries_beside_checkpoints_are_removed_at_the_next_start(fini
 def test_a_lock_is_reentrant_in_its_process_and_exclusive_across_processes(tmp_path):
     with DirLock(tmp_path / "d"), DirLock(tmp_path / "d"):
         probe = subprocess.run(
-            [sys.executable, "-c", "import sys; from pathlib import Path; from esmeta.results import DirLock; "
+            [sys.executable, "-c", "import sys; from pathlib import Path; from esmeta.run_dir import DirLock; "
              "DirLock(Path(sys.argv[1])).acquire()", str(tmp_path / "d")], capture_output=True, text=True)
         assert probe.returncode != 0 and "is in use by another run" in probe.stderr
         assert ConfigError.__name__ in probe.stderr
@@ -333,9 +333,9 @@ def test_a_job_directory_that_cannot_be_created_is_refused_before_the_first_job(
 def test_job_directory_names_too_long_for_the_filesystem_are_refused_before_the_first_job(tmp_path):
     """`-m seed=0,1` with a dozen explicit defaults names each job directory after all of them (over 255 bytes):
     the dry run listed them without a word and the sweep ended with "File name too long"."""
-    defaults = ["alpha=0.001", "sigma=0.01", "estimator.optimizer=adam", "estimator.lr_decay_every=0",
-                "estimator.lr_decay_factor=0.5", "estimator.weight_decay=0.0", "estimator.pop_per_shard=1",
-                "estimator.fitness_shaping=zscore", "estimator.normalize=per_shard", "estimator.fd_sigma=0.001",
+    defaults = ["alpha=0.001", "sigma=0.01", "estimator=wsr", "estimator.optimizer=adam", "estimator.lr_decay_every=0",
+                "estimator.lr_decay_factor=0.5", "estimator.weight_decay=0.0", "estimator.pop_per_shard=2",
+                "estimator.fitness_shaping=zscore", "estimator.normalize=per_shard", "estimator.shard_episodes=shared",
                 "estimator.fitness_precision=highest", "estimator.eval_mode=auto"]
     proc = run_cli("-m", *FAST, "seed=0,1", *defaults, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert_one_line_error(proc, "job 0", "bytes, over the 255", "hydra.sweep.subdir=")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-from esmeta.results import (
+from esmeta.run_dir import (
     DONE,
     SUMMARY,
     RunDir,
@@ -42,7 +42,7 @@ def test_json_has_no_nan_and_no_leftover_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]
 
 
-WRITER = ("import sys, time; from pathlib import Path; from esmeta.results import atomic_writer\n"
+WRITER = ("import sys, time; from pathlib import Path; from esmeta.run_dir import atomic_writer\n"
           "with atomic_writer(Path(sys.argv[1])) as f:\n"
           "    f.write(b'partial'); f.flush(); print('writing', flush=True); time.sleep(120)")
 

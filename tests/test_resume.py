@@ -15,7 +15,7 @@ import pytest
 from esmeta import checkpoint
 from esmeta.checkpoint import config_difference
 from esmeta.errors import ConfigError
-from esmeta.results import read_metrics, read_summary
+from esmeta.run_dir import read_metrics, read_summary
 
 EPISODES_PER_EPOCH = 60
 CHECKPOINT_EVERY = 7
@@ -205,8 +205,9 @@ def test_a_setting_added_after_a_checkpoint_compares_as_its_default():
     """Runs in progress stay resumable when esmeta gains a setting: their configs lack it, and had its default's
     behaviour; a value other than the default is still a different run."""
     from esmeta.config import Config
+    from esmeta.estimators import WsrConfig
 
-    current = Config().to_dict()
+    current = Config(estimator=WsrConfig()).to_dict()
     saved = {**current, "estimator": {k: v for k, v in current["estimator"].items() if k != "antithetic"}}
     assert config_difference(saved, current) is None  # written before estimator.antithetic existed; its default
     changed = {**current, "estimator": {**current["estimator"], "antithetic": not current["estimator"]["antithetic"]}}
@@ -234,3 +235,59 @@ def test_ctrl_c_in_a_multirun_stops_the_sweep_in_one_line_and_the_same_command_c
     assert again.returncode == 0, again.stderr[-3000:]
     jobs = sorted(sweep.glob("[01]_*"))
     assert len(jobs) == 2 and all(read_summary(job)["episodes"] == 3 * EPISODES_PER_EPOCH for job in jobs)
+
+
+# Configs as esmeta recorded them before each estimator had its own section (every estimator's settings in one flat
+# `estimator` group): a Table I backprop run's checkpoint (results/paper, in progress) and a CPU-scale wsr summary.
+OLD_ESTIMATOR_SECTION = {
+    "antithetic": False, "central": False, "chunk_size": 0, "eval_mode": "auto", "fd_reduce": "sum",
+    "fd_rescale_subset": False, "fd_sigma": 0.001, "fitness_precision": "highest", "fitness_shaping": "zscore",
+    "lr_decay_every": 2000, "lr_decay_factor": 0.5, "name": "backprop", "normalize": "per_shard", "optimizer": "adam",
+    "pop_per_shard": 1, "rank": 0, "shard_episodes": "shared", "weight_decay": 0.0,
+}
+OLD_BACKPROP = {
+    "alpha": 0.001, "seed": 0, "sigma": 0.01,
+    "data": {"cache_dir": "/work/cache", "download": True, "image_size": 32, "resize_filter": "antialias",
+             "root": "/work/shared/data/omniglot", "split": "paper", "split_seed": 0},
+    "distance": {"name": "euclidean", "scale": 1.0},
+    "estimator": OLD_ESTIMATOR_SECTION,
+    "eval": {"seed": 2021, "test_episodes": 200, "val_episodes": 1},
+    "hardware": {"compilation_cache": True, "cpu_devices": 0, "devices": 1, "name": "cpu", "platform": "cpu",
+                 "processes": 1, "shards": 1},
+    "logger": {"entity": None, "group": None, "name": "wandb", "project": "esmeta"},
+    "model": {"channels": 64, "norm_stats": "running"},
+    "scale": {"max_pop_per_shard": 0, "max_population": 0, "max_shards": 0, "name": "paper"},
+    "task": {"query": 5, "shot": 5, "test_query": 15, "test_shot": 5, "test_way": 5, "train_way": 20},
+    "train": {"allocation_minutes": 158.0, "budget_clock": "wall", "checkpoint_every": 100, "episodes_per_epoch": 100,
+              "epochs": 200, "max_minutes": 0.0, "progress": "auto", "resume": True},
+}
+OLD_WSR = {  # recorded before train.allocation_minutes and estimator.shard_episodes existed
+    **OLD_BACKPROP, "alpha": 10.0, "sigma": 0.1,
+    "estimator": {**{k: v for k, v in OLD_ESTIMATOR_SECTION.items() if k != "shard_episodes"}, "name": "wsr",
+                  "optimizer": "sgd", "lr_decay_every": 0, "pop_per_shard": 64},
+    "eval": {"seed": 2021, "test_episodes": 200, "val_episodes": 5},
+    "hardware": {"compilation_cache": True, "cpu_devices": 0, "devices": 0, "name": "tpu-v3-256", "platform": "any",
+                 "processes": 1, "shards": 256},
+    "model": {"channels": 16, "norm_stats": "running"},
+    "scale": {"max_pop_per_shard": 0, "max_population": 4096, "max_shards": 0, "name": "cpu"},
+    "train": {"budget_clock": "cpu", "checkpoint_every": 100, "episodes_per_epoch": 20, "epochs": 1000,
+              "max_minutes": 6.0, "progress": "auto", "resume": True},
+}
+
+
+@pytest.mark.parametrize("recorded, command", [
+    (OLD_BACKPROP, ["point=table1-backprop-5shot"]),
+    (OLD_WSR, ["point=table1-v3-256-5shot", "scale=cpu"]),
+])
+def test_a_config_recorded_with_every_estimators_settings_is_the_same_run_as_todays(recorded, command, tmp_path):
+    """Runs in progress recorded the flat estimator section; the same command today continues them, and a changed
+    setting of their own estimator is still a different run."""
+    from esmeta.checkpoint import check_same_run
+    from esmeta.errors import ConfigError
+    from esmeta.prelaunch import check_overrides
+
+    (config,) = check_overrides(command)
+    check_same_run(recorded, config.to_dict(), tmp_path, "a checkpoint")  # no error: the same run
+    changed = {**recorded, "estimator": {**recorded["estimator"], "lr_decay_factor": 0.25}}
+    with pytest.raises(ConfigError, match=r"estimator\.lr_decay_factor: 0\.25 -> 0\.5"):
+        check_same_run(changed, config.to_dict(), tmp_path, "a checkpoint")

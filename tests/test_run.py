@@ -18,7 +18,7 @@ import esmeta
 from esmeta.data import sample_episode, split_classes
 from esmeta.errors import DataError
 from esmeta.protonet import loss_and_accuracy, prototypes, similarity
-from esmeta.results import read_metrics, read_summary
+from esmeta.run_dir import read_metrics, read_summary
 
 TINY = [
     "task.train_way=5",

@@ -9,9 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from esmeta.config import EstimatorConfig
 from esmeta.data.episodes import Episode, sample_episode
-from esmeta.estimators import make_estimator
+from esmeta.estimators import BackpropConfig, make_estimator
 from esmeta.protonet import (
     MOMENTUM,
     ConvEmbedding,
@@ -121,7 +120,7 @@ def test_the_training_step_updates_the_running_averages_at_the_mean_parameters()
     sample = lambda key: sample_episode(key, images, WAY, SHOT, QUERY)  # noqa: E731
     kw = dict(way=WAY, distance="euclidean", scale=1.0, norm_stats="running")
     metrics = lambda p, e, running=None: episode_metrics(p, e, running=running, **kw)  # noqa: E731
-    estimate = make_estimator(EstimatorConfig(name="backprop"), 0.0, lambda p, e: metrics(p, e)[0], None, 1)
+    estimate = make_estimator(BackpropConfig(), 0.0, lambda p, e: metrics(p, e)[0], None, 1)
     optimizer = optax.sgd(0.1)
     params = init_params(jax.random.key(0), channels, SIZE)
     running = init_batch_stats(params)

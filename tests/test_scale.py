@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from esmeta.config import Config, EstimatorConfig, HardwareConfig, ScaleConfig, check_fits_scale
+from esmeta.config import Config, HardwareConfig, ScaleConfig
 from esmeta.errors import NeedsAcceleratorError
-from esmeta.run import plan_command
+from esmeta.estimators import BackpropConfig, FiniteDiffConfig, WsrConfig
+from esmeta.prelaunch import plan_command
+from esmeta.scale import check_fits_scale
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,12 +34,12 @@ def test_scale_cpu_keeps_each_rows_configuration_and_sets_a_cpu_clock_budget(tmp
 
 def test_check_fits_scale_refuses_only_population_estimators_above_the_limit():
     base = Config(scale=ScaleConfig(name="cpu", max_population=4096), hardware=HardwareConfig(shards=8))
-    at_limit = dataclasses.replace(base, estimator=EstimatorConfig(name="wsr", pop_per_shard=512))
+    at_limit = dataclasses.replace(base, estimator=WsrConfig(pop_per_shard=512))
     check_fits_scale(at_limit)  # 512 x 8 = 4096: runs
-    above = dataclasses.replace(base, estimator=EstimatorConfig(name="finite_diff", pop_per_shard=513))
+    above = dataclasses.replace(base, estimator=FiniteDiffConfig(pop_per_shard=513))
     with pytest.raises(NeedsAcceleratorError, match=r"population 4104 \(513 per shard x 8 shards\)"):
         check_fits_scale(above)
-    check_fits_scale(dataclasses.replace(above, estimator=EstimatorConfig(name="backprop", pop_per_shard=513)))
+    check_fits_scale(dataclasses.replace(above, estimator=BackpropConfig()))  # no population: nothing to refuse
     check_fits_scale(dataclasses.replace(above, scale=ScaleConfig(name="paper")))  # no limit
 
 
@@ -65,6 +67,8 @@ def test_a_multirun_records_the_row_as_skipped_and_the_table_says_needs_an_accel
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] == "skipped" and "needs an accelerator" in summary["error"]
     assert summary["config"]["hardware"]["shards"] == 256 and summary["provenance"]["command"]
+    assert (summary["point"], summary["sigma"], summary["budget"]["episodes_reached"]) == (
+        "table7-v3-256-p16384-w20-lr1e-2", 0.001, None)  # a refused run records what the analysis reads too
     assert not (job / "params.msgpack").exists() and not (job / "metrics.jsonl").exists()  # nothing trained
 
     again = run_cli(*args, cwd=tmp_path)  # a skipped job is redone (recorded again), not kept as finished

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from esmeta.errors import ConfigError
-from esmeta.results import read_summary
-from esmeta.run import check_overrides, plan_jobs
-from esmeta.sweeps import group_options
+from esmeta.prelaunch import check_overrides, plan_jobs
+from esmeta.run_dir import read_summary
+from esmeta.sweep_expansion import group_options
 
 TINY = ("scale=smoke", "train.epochs=2", "train.episodes_per_epoch=3", "model.channels=4", "task.train_way=5",
         "task.shot=1", "task.query=2", "task.test_query=2", "eval.test_episodes=4", "logger=none")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from esmeta.config import scaled
-from esmeta.results import read_summary
-from esmeta.run import check_overrides
+from esmeta.prelaunch import check_overrides
+from esmeta.run_dir import read_summary
+from esmeta.scale import scaled
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"

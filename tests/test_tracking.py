@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from esmeta.config import Config, EstimatorConfig, HardwareConfig, LoggerConfig, ScaleConfig
+from esmeta.config import Config, HardwareConfig, LoggerConfig, ScaleConfig
 from esmeta.errors import EsmetaError
+from esmeta.estimators import FiniteDiffConfig, WsrConfig
 from esmeta.tracking import (
     RUN_ID_FILE,
     NullTracker,
@@ -137,7 +138,7 @@ def offline_wandb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
-CONFIG = Config(alpha=0.5, estimator=EstimatorConfig(name="wsr", pop_per_shard=4)).to_dict()
+CONFIG = Config(alpha=0.5, estimator=WsrConfig(pop_per_shard=4)).to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +363,7 @@ def test_logger_group_wins_over_the_default(tmp_path: Path):
 
 def test_run_tags_name_estimator_hardware_and_scale():
     config = Config(
-        estimator=EstimatorConfig(name="finite_diff"), hardware=HardwareConfig(name="tpu-v3-8"),
+        estimator=FiniteDiffConfig(), hardware=HardwareConfig(name="tpu-v3-8"),
         scale=ScaleConfig(name="smoke"),
     )
     assert run_tags(config) == ["finite_diff", "tpu-v3-8", "smoke"]

@@ -7,17 +7,18 @@ import optax
 import pytest
 
 import esmeta
-from esmeta.config import EstimatorConfig
 from esmeta.data import sample_episode, split_classes
+from esmeta.estimators import BackpropConfig, WsrConfig
+from esmeta.metrics import accuracy_stats, episode_keys, metrics_fn
+from esmeta.prelaunch import check_overrides
 from esmeta.protonet import init_params
-from esmeta.results import read_metrics
-from esmeta.run import check_overrides
-from esmeta.train import accuracy_stats, episode_keys, make_optimizer, metrics_fn, run_keys, train
+from esmeta.run_dir import read_metrics
+from esmeta.train import JobInfo, make_optimizer, run_keys, train
 
 
 def test_sgd_is_the_papers_plain_ascent():
     """The loop hands -g to optax, so sgd gives mu <- mu + alpha * g (paper's update)."""
-    opt = make_optimizer(0.5, EstimatorConfig(name="wsr", optimizer="sgd", lr_decay_every=0))
+    opt = make_optimizer(0.5, WsrConfig(optimizer="sgd", lr_decay_every=0))
     mu = {"w": jnp.array([1.0, -2.0])}
     g = {"w": jnp.array([0.2, 0.4])}
     updates, _ = opt.update(jax.tree.map(jnp.negative, g), opt.init(mu), mu)
@@ -25,7 +26,7 @@ def test_sgd_is_the_papers_plain_ascent():
 
 
 def test_backprop_step_size_halves_every_2000_episodes():
-    est = EstimatorConfig(name="backprop", optimizer="sgd", lr_decay_every=2000, lr_decay_factor=0.5)
+    est = BackpropConfig(optimizer="sgd", lr_decay_every=2000, lr_decay_factor=0.5)
     opt = make_optimizer(1.0, est)
     mu = {"w": jnp.zeros(())}
     state = opt.init(mu)
@@ -38,7 +39,7 @@ def test_backprop_step_size_halves_every_2000_episodes():
 
 
 def test_weight_decay_pulls_mu_towards_zero():
-    opt = make_optimizer(0.1, EstimatorConfig(name="wsr", optimizer="sgd", weight_decay=0.5))
+    opt = make_optimizer(0.1, WsrConfig(optimizer="sgd", weight_decay=0.5))
     mu = {"w": jnp.array([2.0])}
     updates, _ = opt.update({"w": jnp.zeros(1)}, opt.init(mu), mu)  # no gradient: decay alone
     np.testing.assert_allclose(optax.apply_updates(mu, updates)["w"], [2.0 - 0.1 * 0.5 * 2.0], rtol=1e-6)
@@ -80,6 +81,24 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path, omniglot32):
     summary = train(config, tmp_path / "run")
     assert summary["status"] == "completed" and summary["stopped_by_budget"] is True
     assert summary["episodes"] == 3  # one epoch
+
+
+def test_the_summary_records_what_the_analysis_reads(tmp_path, omniglot32):
+    """Point, sigma, test protocol, budget and the result settings that differ from the estimator's defaults:
+    the tables decide cells from these records alone (analysis/records.py)."""
+    (config,) = check_overrides([*TINY, "model.norm_stats=episode", "train.max_minutes=60"])
+    summary = train(config, tmp_path / "run", JobInfo(overrides=("point=table1-backprop-5shot", "scale=cpu")))
+    assert (summary["point"], summary["sigma"], summary["population_estimator"]) == ("table1-backprop-5shot", None,
+                                                                                     False)
+    assert summary["test_protocol"] == {"norm_stats": "episode", "way": 5, "shot": 1, "query": 3, "episodes": 5,
+                                        "seed": 2021}
+    assert summary["budget"] == {"episodes_requested": 9, "max_minutes": 60.0, "budget_clock": "wall",
+                                 "scale": "paper", "episodes_reached": 9}
+    differences = summary["differences"]
+    assert (differences["model.norm_stats"], differences["model.channels"], differences["task.train_way"]) == (
+        "episode", 4, 5)
+    assert not any(key.startswith(("train.", "scale.")) for key in differences)  # the budget is not a setting
+    assert summary["test_norm_stats"] == "episode"  # the fields older readers use stay
 
 
 def test_a_short_wsr_run_on_omniglot_lowers_the_training_loss(tmp_path, omniglot32):

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from esmeta.run import plan_command
-from esmeta.sweeps import expand, sweep_names
+from esmeta.prelaunch import plan_command
+from esmeta.sweep_expansion import expand, sweep_names
 from esmeta.wandb_sweeps import main, render
 
 REPO = Path(__file__).resolve().parents[1]

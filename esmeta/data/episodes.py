@@ -11,7 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from esmeta.config import IMAGES_PER_CLASS
+from esmeta.data.omniglot import IMAGES_PER_CLASS
 from esmeta.errors import ConfigError
 
 

@@ -26,9 +26,8 @@ import numpy as np
 import platformdirs
 from PIL import Image, ImageOps
 
-from esmeta.config import IMAGES_PER_CLASS, RESIZE_FILTERS
 from esmeta.errors import ConfigError, DataError, first_line
-from esmeta.results import atomic_writer, remove_stale_temporaries
+from esmeta.run_dir import atomic_writer, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,12 @@ UPSTREAM_MD5 = {
 }
 UPSTREAM_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}"
 
+IMAGES_PER_CLASS = 20  # every Omniglot character has 20 drawings
+MIN_IMAGE_SIZE = 16  # four 2x2 max-pools need at least 16 pixels to leave a 1x1 map
+RESIZE_FILTERS = ("antialias", "nearest")
 ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise; class k of a character is np.rot90(img, k)
 SOURCE_SIZE = 105  # side of every official Omniglot PNG
+MAX_IMAGE_SIZE = SOURCE_SIZE  # we never upsample
 CACHE_FORMAT_VERSION = 2  # bump when preprocessing changes, so stale caches are not reused
 DOWNLOAD_TIMEOUT_S = 10.0
 NUM_CLASSES = len(ROTATIONS) * sum(EXPECTED_CHARACTERS.values())  # 6492

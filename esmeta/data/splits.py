@@ -21,9 +21,9 @@ from importlib import resources
 
 import numpy as np
 
-from esmeta.config import SPLITS
 from esmeta.errors import ConfigError, DataError
 
+SPLITS = ("paper", "vinyals", "lake")
 PAPER_SPLIT_SIZES = (4804, 1012, 676)  # train / val / test, Sheng & He 2021 Sec. III.B
 VINYALS_SPLIT_SIZES = (4112, 688, 1692)
 LAKE_VAL_CHARACTERS = 172  # as many validation characters as Vinyals' split has (688 classes)

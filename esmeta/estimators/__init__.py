@@ -7,11 +7,11 @@ Public constructors (each validates its own arguments; one-line `ConfigError`s):
     forward_mode(loss_fn, *, chunk_size=0)    the exact gradient by jvps
     backprop(loss_fn)                         the exact gradient by jax.grad
 
-Each builds its estimator's own typed config (`esmeta.config.WsrConfig`, ..., which validates itself) and
-hands it to the factory that the training loop reaches through `make_estimator(EstimatorConfig, sigma, ...)`,
-so a constructor's estimate is the training loop's estimate. `loss_fn(params, batch)` must be a jittable JAX
-function returning a float scalar and `params` a pytree of float arrays: a constructor's estimate checks both at
-its first call (one-line ConfigError). The optimizer step uses -g (g ascends the fitness).
+Each builds its estimator's typed config (`WsrConfig`, ..., declared and validated in the estimator's own file)
+and hands it to the factory that the training loop reaches through `make_estimator(config, sigma, ...)`, so a
+constructor's estimate is the training loop's estimate. `ESTIMATORS` is the one list of estimator names.
+`loss_fn(params, batch)` must be a jittable JAX function returning a float scalar and `params` a pytree of float
+arrays: a constructor's estimate checks both at its first call (one-line ConfigError). The optimizer step uses -g (g ascends the fitness).
 """
 
 from __future__ import annotations
@@ -22,37 +22,49 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from esmeta.config import (
-    BackpropConfig,
-    EstimatorConfig,
-    FiniteDiffConfig,
-    ForwardModeConfig,
-    Namer,
-    OwnConfig,
-    WsrConfig,
-    validate_estimator,
-)
+from esmeta import rules
 from esmeta.errors import ConfigError
-from esmeta.estimators.backprop import make_backprop
-from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_from_loss
-from esmeta.estimators.finite_diff import make_finite_diff
-from esmeta.estimators.forward_mode import make_forward_mode
-from esmeta.estimators.wsr import make_wsr
+from esmeta.estimators.backprop import BackpropConfig, make_backprop
+from esmeta.estimators.base import (
+    Batch,
+    EstimateFn,
+    EstimatorConfig,
+    LossFn,
+    Params,
+    fitness_from_loss,
+)
+from esmeta.estimators.finite_diff import FiniteDiffConfig, make_finite_diff
+from esmeta.estimators.forward_mode import ForwardModeConfig, make_forward_mode
+from esmeta.estimators.wsr import WsrConfig, make_wsr
+from esmeta.rules import Namer
 
-Factory = Callable[[OwnConfig, LossFn, "Mesh | None", int], EstimateFn]
+Factory = Callable[[EstimatorConfig, float, LossFn, "Mesh | None", int], EstimateFn]  # (config, top-level sigma, ...)
 
-ESTIMATORS: dict[str, Factory] = {
-    "backprop": make_backprop,
-    "wsr": make_wsr,
-    "finite_diff": make_finite_diff,
-    "forward_mode": make_forward_mode,
+# The registry: estimator name -> (its config, the factory of its estimate). The one list of estimator names.
+ESTIMATORS: dict[str, tuple[type[EstimatorConfig], Factory]] = {
+    config.NAME: (config, factory)
+    for config, factory in (
+        (BackpropConfig, make_backprop),
+        (WsrConfig, make_wsr),
+        (FiniteDiffConfig, make_finite_diff),
+        (ForwardModeConfig, make_forward_mode),
+    )
 }
+POPULATION_ESTIMATORS = tuple(name for name, (config, _) in ESTIMATORS.items() if config.POPULATION)
 
 __all__ = [
     "ESTIMATORS",
+    "POPULATION_ESTIMATORS",
+    "BackpropConfig",
     "EstimateFn",
+    "EstimatorConfig",
+    "FiniteDiffConfig",
+    "ForwardModeConfig",
     "LossFn",
+    "WsrConfig",
     "backprop",
+    "config_class",
+    "readers",
     "check_loss_and_params",
     "finite_diff",
     "fitness_from_loss",
@@ -62,22 +74,36 @@ __all__ = [
 ]
 
 
+def config_class(name: str) -> type[EstimatorConfig]:
+    """The config of the estimator named `name`; a one-line ConfigError listing the estimators otherwise."""
+    rules.choice("estimator.name", name, tuple(ESTIMATORS))
+    return ESTIMATORS[name][0]
+
+
+def readers(key: str) -> list[str]:
+    """The estimators that read the estimator setting `key` (a field of their config), in registry order."""
+    return [name for name, (config, _) in ESTIMATORS.items() if key in config.__dataclass_fields__]
+
+
 def make_estimator(
     config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int
 ) -> EstimateFn:
-    """The jittable `estimate(key, params, batch) -> (ascent direction g, metrics)` named by `config.name`,
-    built from its own settings (`config.own(sigma)`), as the training loop does."""
-    validate_estimator(config, sigma, shards)
-    return _build(config.own(sigma), loss_fn, mesh, shards)
+    """The jittable `estimate(key, params, batch) -> (ascent direction g, metrics)` of the estimator `config`
+    configures (`sigma`: the top-level setting, which wsr reads), validated as the training loop does."""
+    if type(config) is not config_class(config.name):
+        raise ConfigError(f"estimator.name={config.name} is configured by {config_class(config.name).__name__}, "
+                          f"got a {type(config).__name__}; build that one")
+    config.validate(sigma, shards)
+    return _build(config, sigma, loss_fn, mesh, shards)
 
 
-def _build(own: OwnConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
-    """The estimator of a validated own config."""
+def _build(config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
+    """The estimator of a validated config."""
     if not callable(loss_fn):
         raise ConfigError(f"loss_fn={loss_fn!r} must be a function (params, batch) -> scalar loss; pass one")
     if mesh is not None and not isinstance(mesh, Mesh):
         raise ConfigError(f"mesh={mesh!r} must be a jax.sharding.Mesh with one axis 'shards', or None")
-    return ESTIMATORS[own.NAME](own, loss_fn, mesh, shards)
+    return ESTIMATORS[config.NAME][1](config, sigma, loss_fn, mesh, shards)
 
 
 def _population(population: int, shards: int, name: str = "population") -> int:
@@ -97,12 +123,13 @@ def _population(population: int, shards: int, name: str = "population") -> int:
 def _argument_names(population: int = 0, shards: int = 1, name: str = "population") -> Namer:
     """A constructor's messages name its keyword arguments, not the config's dotted settings."""
     per_shard = f"{name} / shards ({population} / {shards})" if shards > 1 else name
-    return lambda key: per_shard if key == "pop_per_shard" else key
+    return lambda key: per_shard if key == "pop_per_shard" else "sigma" if key == "fd_sigma" else key
 
 
-def _constructed(own: OwnConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int, name: Namer) -> EstimateFn:
-    own.validate(shards, name)
-    return _checked_at_first_call(_build(own, loss_fn, mesh, shards), loss_fn, own.NAME)
+def _constructed(config: EstimatorConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int,
+                 name: Namer) -> EstimateFn:
+    config.validate(sigma, shards, name)
+    return _checked_at_first_call(_build(config, sigma, loss_fn, mesh, shards), loss_fn, config.NAME)
 
 
 def check_loss_and_params(loss_fn: LossFn, params: Params, batch: Batch, who: str) -> None:
@@ -152,11 +179,11 @@ def wsr(
     chunk_size: int = 0,
 ) -> EstimateFn:
     """WSR (OpenAI-ES with eps = sigma * N(0, I)): `population` candidates in `shards` logical shards, each z-scored alone."""
-    own = WsrConfig(
-        sigma=sigma, pop_per_shard=_population(population, shards), antithetic=antithetic,
-        fitness_shaping=fitness_shaping, normalize=normalize, rank=rank, eval_mode=eval_mode, chunk_size=chunk_size,
+    config = WsrConfig(
+        pop_per_shard=_population(population, shards), antithetic=antithetic, fitness_shaping=fitness_shaping,
+        normalize=normalize, rank=rank, eval_mode=eval_mode, chunk_size=chunk_size,
     )
-    return _constructed(own, loss_fn, mesh, shards, _argument_names(population, shards))
+    return _constructed(config, sigma, loss_fn, mesh, shards, _argument_names(population, shards))
 
 
 def finite_diff(
@@ -178,18 +205,18 @@ def finite_diff(
         raise ConfigError("finite_diff takes coordinates=N, the coordinates probed a step (population=N is its older "
                           f"name); got coordinates={coordinates!r}, population={population!r}")
     name, count = ("coordinates", coordinates) if population is None else ("population", population)
-    own = FiniteDiffConfig(
-        sigma=sigma, pop_per_shard=_population(count, shards, name), central=central, eval_mode=eval_mode,
+    config = FiniteDiffConfig(
+        fd_sigma=sigma, pop_per_shard=_population(count, shards, name), central=central, eval_mode=eval_mode,
         chunk_size=chunk_size,
     )
-    return _constructed(own, loss_fn, mesh, shards, _argument_names(count, shards, name))
+    return _constructed(config, 0.0, loss_fn, mesh, shards, _argument_names(count, shards, name))
 
 
 def forward_mode(loss_fn: LossFn, *, chunk_size: int = 0) -> EstimateFn:
     """The exact gradient by forward-mode jvps, `chunk_size` basis tangents at a time (0 = 32)."""
-    return _constructed(ForwardModeConfig(chunk_size=chunk_size), loss_fn, None, 1, _argument_names())
+    return _constructed(ForwardModeConfig(chunk_size=chunk_size), 0.0, loss_fn, None, 1, _argument_names())
 
 
 def backprop(loss_fn: LossFn) -> EstimateFn:
     """The exact gradient by backpropagation (jax.value_and_grad)."""
-    return _constructed(BackpropConfig(), loss_fn, None, 1, _argument_names())
+    return _constructed(BackpropConfig(), 0.0, loss_fn, None, 1, _argument_names())

@@ -1,21 +1,80 @@
-"""Shared types and helpers of the gradient estimators.
+"""Shared types and helpers of the gradient estimators, and the settings every estimator reads.
 
 An estimator is `estimate(key, params, batch) -> (g, metrics)`: `g` has the structure of `params`
 and is the ASCENT direction on the fitness F = -loss (the training loop hands -g to optax).
+`EstimatorConfig` is the `estimator` section's shared part (the name and the update rule); each estimator's
+file subclasses it with its own settings, their defaults (those of its conf/estimator/<name>.yaml) and rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+
+from esmeta import rules
+from esmeta.rules import Namer, setting
 
 Params = Any  # a pytree of float32 arrays
 Batch = Any  # whatever the loss takes as its second argument (an Episode for the ProtoNet)
 LossFn = Callable[[Params, Batch], jax.Array]  # pure scalar loss, jittable
 EstimateFn = Callable[[jax.Array, Params, Batch], tuple[Params, dict[str, jax.Array]]]
+OPTIMIZERS = ("sgd", "adam")
+
+
+def command_line_name(key: str) -> str:
+    """An estimator setting (or the shards and population its rules involve) as the command line writes it."""
+    if key == "shards":
+        return "hardware.shards"
+    if key == "population":
+        return "estimator.pop_per_shard x hardware.shards"
+    return "sigma" if key == "sigma" else f"estimator.{key}"
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """The settings every estimator reads: its name and the optax rule that turns its direction into a step."""
+
+    NAME: ClassVar[str] = ""  # set by each estimator's subclass; the registry (esmeta.estimators) lists them
+    POPULATION: ClassVar[bool] = False  # evaluates a population of candidates (wsr, finite_diff); else exact
+    TOP_LEVEL: ClassVar[dict[str, float]] = {}  # the top-level settings it reads, with the defaults its YAML sets
+
+    name: str = setting("", "result")
+    optimizer: str = setting("adam", "result")
+    lr_decay_every: int = setting(0, "result")  # episodes between step-size decays; 0 = constant step size
+    lr_decay_factor: float = setting(0.5, "result")
+    weight_decay: float = setting(0.0, "result")  # L2 pull of mu towards 0, added to the update
+
+    @property
+    def is_es(self) -> bool:
+        """A population estimator (wsr, finite_diff); backprop and forward_mode compute exact gradients."""
+        return self.POPULATION
+
+    def perturbation(self, sigma: float) -> float | None:
+        """The perturbation scale it uses, given the top-level `sigma` (wsr's; finite_diff has its own); None: none."""
+        return None
+
+    def own_episodes(self, shards: int) -> int:
+        """Episodes a step draws, one per population shard, or 0: every candidate sees the step's one episode."""
+        return 0
+
+    def validate(self, sigma: float, shards: int, name: Namer = command_line_name) -> None:
+        """Types and the update rule's rules; a subclass adds its own, for `shards` shards (0: not known yet)."""
+        rules.check_fields(self, name)
+        rules.coerce(name("sigma"), sigma, "float")
+        rules.coerce(name("shards"), shards, "int")
+        rules.positive(name("shards"), shards, allow_zero=True)
+        rules.int32(name("shards"), shards)
+        rules.choice(name("optimizer"), self.optimizer, OPTIMIZERS)
+        rules.positive(name("lr_decay_every"), self.lr_decay_every, allow_zero=True)
+        rules.int32(name("lr_decay_every"), self.lr_decay_every)
+        rules.positive(name("lr_decay_factor"), self.lr_decay_factor)
+        rules.positive(name("weight_decay"), self.weight_decay, allow_zero=True)
+        for key in ("lr_decay_factor", "weight_decay"):
+            rules.float32(name(key), getattr(self, key))
 
 
 

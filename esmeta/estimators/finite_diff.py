@@ -23,15 +23,61 @@ drown a 1e-3 difference.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from esmeta.config import FiniteDiffConfig
+from esmeta import rules
 from esmeta.estimators import population
-from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_from_loss, tree_norm
+from esmeta.estimators.base import (
+    Batch,
+    EstimateFn,
+    EstimatorConfig,
+    LossFn,
+    Params,
+    command_line_name,
+    fitness_from_loss,
+    tree_norm,
+)
 from esmeta.estimators.population import LocalShards, run_sharded
+from esmeta.rules import Namer, setting
+
+FD_REDUCES = ("sum", "mean")
+
+
+@dataclass(frozen=True)
+class FiniteDiffConfig(EstimatorConfig):
+    """finite_diff's settings (Sec. II.G): the nudge `fd_sigma` (sigma_FD) on pop_per_shard coordinates a shard;
+    the paper's learning rate 5e-3 with Adam (the reading its Table VII supports, docs/reproduction.md)."""
+
+    NAME: ClassVar[str] = "finite_diff"
+    POPULATION: ClassVar[bool] = True
+    TOP_LEVEL: ClassVar[dict[str, float]] = {"alpha": 5e-3}
+
+    name: str = setting(NAME, "result")
+    pop_per_shard: int = setting(128, "result")
+    fd_sigma: float = setting(1e-3, "result")
+    central: bool = setting(False, "result")  # (F(+h) - F(-h)) / 2h, two forward passes per coordinate
+    fd_reduce: str = setting("sum", "result")  # shards' disjoint estimates: summed (the full FD gradient) or averaged
+    fd_rescale_subset: bool = setting(False, "result")  # probing N < D coordinates: scale the estimate by D/N or not
+    fitness_precision: str = setting("highest", "result")
+    eval_mode: str = setting("auto", "placement")
+    chunk_size: int = setting(0, "placement")  # candidates evaluated together; 0 = automatic
+
+    def perturbation(self, sigma: float) -> float:
+        return self.fd_sigma
+
+    def validate(self, sigma: float, shards: int, name: Namer = command_line_name) -> None:
+        """The update rule's rules and those of finite differences."""
+        super().validate(sigma, shards, name)
+        rules.choice(name("fd_reduce"), self.fd_reduce, FD_REDUCES)
+        population.check_population(self, shards, name)
+        rules.positive(name("fd_sigma"), self.fd_sigma)
+        rules.float32(name("fd_sigma"), self.fd_sigma)
 
 
 def probe_coordinates(key: jax.Array, total: int, num_params: int) -> tuple[jax.Array, jax.Array]:
@@ -45,15 +91,19 @@ def probe_coordinates(key: jax.Array, total: int, num_params: int) -> tuple[jax.
 
 def step_scale(total: int, num_params: int, shards: int, config: FiniteDiffConfig) -> float:
     """The factor between the summed difference quotients and g, as `reduce` and `rescale_subset` read it."""
-    factor = 1.0 / shards if config.reduce == "mean" else 1.0
-    if config.rescale_subset and total < num_params:
+    factor = 1.0 / shards if config.fd_reduce == "mean" else 1.0
+    if config.fd_rescale_subset and total < num_params:
         factor *= num_params / total
     return factor
 
 
-def make_finite_diff(config: FiniteDiffConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
-    """Finite-difference estimate probing `config.pop_per_shard` coordinates per shard with the nudge `config.sigma`."""
-    pps, h, central = config.pop_per_shard, config.sigma, config.central
+def make_finite_diff(
+    config: FiniteDiffConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int
+) -> EstimateFn:
+    """Finite-difference estimate probing `config.pop_per_shard` coordinates per shard with the nudge `config.fd_sigma`
+    (the top-level `sigma` is wsr's, unused here)."""
+    del sigma
+    pps, h, central = config.pop_per_shard, config.fd_sigma, config.central
     precision = population.fitness_precision(config.fitness_precision)
 
     def local(key: jax.Array, params: Params, batch: Batch, where: LocalShards):

@@ -17,15 +17,46 @@ grouped convolutions of per-candidate weights that make a vmapped ES population 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from esmeta.config import ForwardModeConfig
-from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, exact_gradient_result, fitness_from_loss
+from esmeta import rules
+from esmeta.estimators.base import (
+    Batch,
+    EstimateFn,
+    EstimatorConfig,
+    LossFn,
+    Params,
+    command_line_name,
+    exact_gradient_result,
+    fitness_from_loss,
+)
+from esmeta.rules import Namer, setting
 
 TANGENTS = 32  # basis tangents pushed forward together when estimator.chunk_size is 0
+
+
+@dataclass(frozen=True)
+class ForwardModeConfig(EstimatorConfig):
+    """forward_mode's settings: basis tangents pushed forward together; backprop's update rule (the same gradient):
+    Adam at alpha 1e-3, halved every 2000 episodes (Snell et al. 2017)."""
+
+    NAME: ClassVar[str] = "forward_mode"
+    TOP_LEVEL: ClassVar[dict[str, float]] = {"alpha": 1e-3}
+
+    name: str = setting(NAME, "result")
+    lr_decay_every: int = setting(2000, "result")
+    chunk_size: int = setting(0, "placement")  # 0 = TANGENTS
+
+    def validate(self, sigma: float, shards: int, name: Namer = command_line_name) -> None:
+        super().validate(sigma, shards, name)
+        rules.positive(name("chunk_size"), self.chunk_size, allow_zero=True)
+        rules.int32(name("chunk_size"), self.chunk_size)
 
 
 def directional_derivatives(
@@ -40,9 +71,11 @@ def directional_derivatives(
     return value_n[0], slope_n
 
 
-def make_forward_mode(config: ForwardModeConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
-    """The exact gradient, D_phi jvps in blocks of `chunk_size` (or TANGENTS); the mesh and shards are unused."""
-    del mesh, shards
+def make_forward_mode(
+    config: ForwardModeConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int
+) -> EstimateFn:
+    """The exact gradient, D_phi jvps in blocks of `chunk_size` (or TANGENTS); sigma, the mesh and shards are unused."""
+    del sigma, mesh, shards
     tangents = config.chunk_size or TANGENTS
 
     def estimate(key: jax.Array, params: Params, batch: Batch) -> tuple[Params, dict[str, jax.Array]]:

@@ -18,15 +18,30 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from esmeta import rules
 from esmeta.errors import ConfigError
 from esmeta.estimators.base import Batch, EstimateFn, Params, population_metrics
 from esmeta.hardware import AXIS
+from esmeta.rules import Namer
 
 # Floats of noise the automatic chunk draws at once (2 MiB). XLA holds several times that while drawing:
 # threefry's counters and rounds about 4x the floats drawn, the per-leaf slices more. Measured with
 # jax 0.10 on CPU, a 64-channel net (111,936 parameters): the old 1 << 22 (37 candidates a chunk) held
 # 125 MiB of temporaries in the wsr step; 1 << 19 (4 a chunk) holds 10 MiB, at the same step time.
 NOISE_BUDGET = 1 << 19
+EVAL_MODES = ("auto", "map", "vmap")
+FITNESS_PRECISIONS = ("highest", "default")
+
+
+def check_population(config, shards: int, name: Namer) -> None:
+    """The rules both population estimators share: their population and the candidates' evaluation settings."""
+    rules.positive(name("pop_per_shard"), config.pop_per_shard)
+    rules.int32(name("pop_per_shard"), config.pop_per_shard)
+    rules.int32(name("population"), config.pop_per_shard * max(shards, 1))
+    rules.choice(name("fitness_precision"), config.fitness_precision, FITNESS_PRECISIONS)
+    rules.choice(name("eval_mode"), config.eval_mode, EVAL_MODES)
+    rules.positive(name("chunk_size"), config.chunk_size, allow_zero=True)
+    rules.int32(name("chunk_size"), config.chunk_size)
 
 
 def fitness_precision(setting: str):

@@ -23,15 +23,90 @@ Non-finite fitnesses are masked (weight 0, excluded from the statistics) and cou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from esmeta.config import WsrConfig
+from esmeta import rules
+from esmeta.errors import ConfigError
 from esmeta.estimators import population
-from esmeta.estimators.base import Batch, EstimateFn, LossFn, Params, fitness_from_loss, tree_norm
+from esmeta.estimators.base import (
+    Batch,
+    EstimateFn,
+    EstimatorConfig,
+    LossFn,
+    Params,
+    command_line_name,
+    fitness_from_loss,
+    tree_norm,
+)
 from esmeta.estimators.population import LocalShards, run_sharded
+from esmeta.rules import Namer, setting
+
+FITNESS_SHAPINGS = ("zscore", "centered_rank")
+NORMALIZATIONS = ("per_shard", "global")
+SHARD_EPISODES = ("shared", "own")
+
+
+@dataclass(frozen=True)
+class WsrConfig(EstimatorConfig):
+    """wsr's settings (eq. 9): eps_i = sigma * N(0, I), sigma the top-level setting, over pop_per_shard candidates
+    in each of hardware.shards shards; plain SGD at the paper's alpha 1, constant step."""
+
+    NAME: ClassVar[str] = "wsr"
+    POPULATION: ClassVar[bool] = True
+    TOP_LEVEL: ClassVar[dict[str, float]] = {"alpha": 1.0, "sigma": 0.01}
+
+    name: str = setting(NAME, "result")
+    optimizer: str = setting("sgd", "result")
+    pop_per_shard: int = setting(32, "result")
+    antithetic: bool = setting(False, "result")
+    rank: int = setting(0, "result")  # 0 = full-rank Gaussian perturbations (the paper); r > 0 = rank-r matrices
+    fitness_shaping: str = setting("zscore", "result")
+    normalize: str = setting("per_shard", "result")
+    # The paper z-scores and estimates per core, then averages the cores' estimates, but does not say whether
+    # the cores share a step's episode: "shared" (one episode, every shard) or "own" (an episode per shard).
+    shard_episodes: str = setting("shared", "result")
+    fitness_precision: str = setting("highest", "result")
+    eval_mode: str = setting("auto", "placement")
+    chunk_size: int = setting(0, "placement")  # candidates evaluated together; 0 = automatic
+
+    def perturbation(self, sigma: float) -> float:
+        return sigma
+
+    def own_episodes(self, shards: int) -> int:
+        return shards if self.shard_episodes == "own" else 0
+
+    def validate(self, sigma: float, shards: int, name: Namer = command_line_name) -> None:
+        """The update rule's rules and wsr's on `shards` shards (0: not known yet, one per device)."""
+        super().validate(sigma, shards, name)
+        rules.choice(name("fitness_shaping"), self.fitness_shaping, FITNESS_SHAPINGS)
+        rules.choice(name("normalize"), self.normalize, NORMALIZATIONS)
+        rules.choice(name("shard_episodes"), self.shard_episodes, SHARD_EPISODES)
+        rules.positive(name("rank"), self.rank, allow_zero=True)
+        rules.int32(name("rank"), self.rank)
+        population.check_population(self, shards, name)
+        rules.positive(name("sigma"), sigma)
+        rules.float32(name("sigma"), sigma)
+        if self.antithetic and self.pop_per_shard % 2:
+            raise ConfigError(
+                f"{name('antithetic')}=true needs an even {name('pop_per_shard')} (mirrored pairs), "
+                f"got {self.pop_per_shard}"
+            )
+        if self.pop_per_shard < 2 and self.normalize == "per_shard":
+            raise ConfigError(
+                f"{name('pop_per_shard')}={self.pop_per_shard} must be at least 2 to z-score fitnesses within a "
+                f"shard; raise it or set {name('normalize')}=global"
+            )
+        if shards and self.pop_per_shard * shards < 2:
+            raise ConfigError(
+                f"{name('population')}={self.pop_per_shard * shards} must be at least 2 for wsr "
+                "(a lone candidate's shaped fitness is 0: a zero update); raise it"
+            )
 
 
 def candidate_noise(
@@ -93,9 +168,9 @@ def shape_fitness(fitness_n: jax.Array, shaping: str) -> jax.Array:
     return jnp.where(valid & informative, z, 0.0).astype(jnp.float32)
 
 
-def make_wsr(config: WsrConfig, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
-    """WSR estimate over `shards` shards of `config.pop_per_shard` candidates each."""
-    pps, sigma = config.pop_per_shard, config.sigma
+def make_wsr(config: WsrConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None, shards: int) -> EstimateFn:
+    """WSR estimate over `shards` shards of `config.pop_per_shard` candidates each, perturbed by `sigma`."""
+    pps = config.pop_per_shard
     precision = population.fitness_precision(config.fitness_precision)
 
     own_episodes = config.shard_episodes == "own"

@@ -27,7 +27,7 @@ def run_config(
     distance: str = "euclidean",
     seed: int = 0,
     scale: str = "paper",
-    norm_stats: str = "episode",
+    norm_stats: str = "running",
     max_minutes: float = 0,
     optimizer: str | None = None,
 ) -> dict[str, Any]:
@@ -54,6 +54,35 @@ def run_config(
     }
 
 
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def record(config: dict[str, Any], episodes: int | None, overrides: list[str]) -> dict[str, Any]:
+    """The fields esmeta/record.py adds to a summary; differences from this fixture's stand-in estimator defaults
+    (the real defaults' shape: cpu hardware, 64 channels, 20-way, running averages, the estimator's optimizer)."""
+    estimator = config["estimator"]["name"]
+    reference = flat(run_config(estimator=estimator, hardware="cpu", channels=64, train_way=20))
+    ours = flat(config)
+    train = config["train"]
+    return {
+        "point": next((o.split("=", 1)[1] for o in overrides if o.startswith("point=")), None),
+        "sigma": {"wsr": config["sigma"], "finite_diff": config["estimator"]["fd_sigma"]}.get(estimator),
+        "population_estimator": estimator in ("wsr", "finite_diff"),
+        "test_protocol": {"norm_stats": config["model"]["norm_stats"], "way": config["task"]["test_way"],
+                          "shot": config["task"]["test_shot"], "query": config["task"]["test_query"],
+                          "episodes": config["eval"]["test_episodes"], "seed": config["eval"]["seed"]},
+        "budget": {"episodes_requested": train["epochs"] * train["episodes_per_epoch"],
+                   "max_minutes": train["max_minutes"], "budget_clock": train.get("budget_clock", "wall"),
+                   "scale": config["scale"]["name"], "episodes_reached": episodes},
+        "differences": {k: v for k, v in ours.items() if k in reference and v != reference[k]
+                        and not k.startswith(("train.", "scale.", "logger."))},
+    }
+
+
 def write_run(
     root: Path,
     name: str,
@@ -66,9 +95,11 @@ def write_run(
     val_curve: list[float] | None = None,
     finished_at: str | None = None,
     episodes: int = 20000,
+    legacy: bool = False,
     **config_kwargs: Any,
 ) -> Path:
-    """One run directory under `root/name` in the results format; returns its path."""
+    """One run directory under `root/name` in the results format (`legacy`: as written before esmeta/record.py,
+    without its fields); returns its path."""
     path = root / name
     path.mkdir(parents=True)
     config = run_config(**config_kwargs)
@@ -100,7 +131,7 @@ def write_run(
             "num_params": 7248,
             "estimator": estimator,
             "alpha": config["alpha"],
-            "sigma": config["sigma"] if estimator == "wsr" else 0.001,
+            "sigma": {"wsr": config["sigma"], "finite_diff": 0.001}.get(estimator),
             "population": pop * shards if estimator != "backprop" else None,
             "pop_per_shard": pop if estimator != "backprop" else None,
             "shards": shards,
@@ -112,6 +143,8 @@ def write_run(
             "overrides": [],
             "config": config,
         }
+    if not legacy:
+        summary.update(record(config, None if status in ("failed", "skipped") else episodes, summary.get("overrides", [])))
     if finished_at is not None:
         summary["finished_at"] = finished_at
     (path / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -30,8 +30,27 @@ def test_one_row_per_complete_run_with_requested_config_and_metrics(results_dir:
     assert (wsr["test_accuracy"], wsr["test_accuracy_std"], wsr["status"]) == (0.98, 0.012, "completed")
     assert wsr["config.estimator.optimizer"] == "sgd" and not wsr["config.estimator.antithetic"]  # every leaf
     fd = runs.loc["table7/0"]
-    assert math.isnan(fd["sigma"]) and fd["fd_sigma"] == 0.001  # sigma belongs to wsr only
+    assert fd["sigma"] == 0.001  # the perturbation it recorded using: finite_diff's fd_sigma
     assert (fd["total_pop"], fd["distance"], fd["alpha"]) == (64 * 256, "cosine", 5e-3)
+
+
+def test_a_record_is_read_as_written_and_an_old_summary_through_the_adapter(results_dir: Path, make_run) -> None:
+    """The summary's record decides point, sigma, population and budget; an old summary gets the same fields
+    from its config (sigma by its owner, differences from the defaults of its time), never from today's code."""
+    new = make_run("new", estimator="finite_diff", optimizer="sgd", max_minutes=6)
+    summary = json.loads((new / "summary.json").read_text())
+    summary.update(sigma=0.5, point="table7-v3-8-p1024-w10-lr1e-2", population_estimator=False,
+                   budget={**summary["budget"], "episodes_requested": 400})
+    (new / "summary.json").write_text(json.dumps(summary))
+    make_run("old", estimator="finite_diff", optimizer="sgd", max_minutes=6, seed=1, legacy=True)
+    runs = load_results(results_dir).runs.set_index("run_id")
+    assert (runs.loc["new", "sigma"], runs.loc["new", "point"]) == (0.5, "table7-v3-8-p1024-w10-lr1e-2")
+    assert runs.loc["new", "budget"] == "400 episodes requested, at most 6 cpu-clock minutes"
+    assert math.isnan(runs.loc["new", "total_pop"])  # as recorded: not a population estimator
+    assert runs.loc["old", "sigma"] == 0.001 and runs.loc["old", "total_pop"] == 1024
+    assert runs.loc["old", "budget"] == "20,000 episodes requested, at most 6 cpu-clock minutes"
+    assert runs.loc["old", "differences"] == {"estimator.optimizer": "sgd"}
+    assert runs.loc["new", "differences"]["estimator.optimizer"] == "sgd"
 
 
 def test_finished_at_comes_from_the_summary_or_the_done_marker(results_dir: Path, make_run) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from esmeta.analysis.cells import aggregate
 from esmeta.analysis.load import load_results
 from esmeta.analysis.paper import Entry, load_manifest, load_paper_table, paper_text
-from esmeta.analysis.tables import SPECS, aggregate, build_table, match_runs, render_latex, render_markdown
+from esmeta.analysis.tables import SPECS, build_table, match_runs, render_latex, render_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 MAKE_TABLES = REPO / "analysis" / "make_tables.py"
@@ -65,8 +66,8 @@ Notes:
 
 - No run matched these rows; run `python -m esmeta.run sweep=table2` (add `scale=smoke` for a quick version):
   - α 10, σ 0.1
-- Test batch norm (model.norm_stats): episode, each test episode's own support+query statistics (transductive) \
-(4 runs).
+- Test batch norm (model.norm_stats): running, the training running averages (the reference ProtoNet's eval \
+mode) (4 runs).
 """
 
 
@@ -103,16 +104,30 @@ def test_runs_match_by_requested_config_not_effective(results_dir: Path, make_ru
     assert any("smoke-scale" in n for n in built.notes)
 
 
-def test_the_notes_name_the_batch_norm_protocol_of_the_test_accuracies(results_dir: Path, make_run, manifest) -> None:
-    make_run("running", alpha=1, sigma=0.01, seed=0, norm_stats="running", accuracy=0.98)
-    make_run("episode", alpha=1, sigma=0.01, seed=1, accuracy=0.96)
+def test_runs_differing_only_in_norm_stats_never_share_a_cell(results_dir: Path, make_run, manifest) -> None:
+    """Running averages (the default protocol) and episode statistics are two experiments: the cell shows the
+    default's run alone and names the other; a table never averages them."""
+    make_run("running", alpha=1, sigma=0.01, seed=0, accuracy=0.98)
+    make_run("episode", alpha=1, sigma=0.01, seed=1, norm_stats="episode", accuracy=0.90)
     built = table("table2", results_dir, manifest)
-    assert ours(built, 2) == "0.970 ± 0.014"
-    assert "several batch-norm test protocols averaged: episode, running" in built.long.set_index("row").loc[2, "notes"]
+    row = built.long.set_index("row").loc[2]
+    assert ours(built, 2) == "0.980 ± 0.010" and row["runs"] == 1
+    assert "1 run with other settings left out (model.norm_stats=episode)" in row["notes"]
     (protocol_note,) = [n for n in built.notes if n.startswith("Test batch norm")]
-    assert "running, the training running averages" in protocol_note and "(transductive) (1 run)" in protocol_note
+    assert protocol_note == ("Test batch norm (model.norm_stats): running, the training running averages (the "
+                             "reference ProtoNet's eval mode) (1 run).")
     runs = load_results(results_dir).runs.set_index("run_id")
     assert sorted(runs["test_protocol"]) == ["episode", "running"]
+
+
+def test_old_summaries_differing_only_in_norm_stats_never_share_a_cell(results_dir: Path, make_run,
+                                                                       manifest) -> None:
+    """Summaries from before the record (no `differences`): the adapter tells the protocols apart too."""
+    make_run("episode", alpha=1, sigma=0.01, seed=0, norm_stats="episode", accuracy=0.90, legacy=True)
+    make_run("running", alpha=1, sigma=0.01, seed=1, accuracy=0.98, legacy=True)
+    built = table("table2", results_dir, manifest)
+    assert ours(built, 2) == "0.980 ± 0.010"
+    assert "1 run with other settings left out (model.norm_stats=episode)" in built.long.set_index("row").loc[2, "notes"]
 
 
 def test_other_configurations_do_not_match(results_dir: Path, make_run, manifest) -> None:

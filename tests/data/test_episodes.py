@@ -19,7 +19,7 @@ from esmeta.data.episodes import (
 from esmeta.data.omniglot import Omniglot
 from esmeta.data.splits import split_classes
 from esmeta.errors import ConfigError
-from esmeta.train import episode_keys
+from esmeta.metrics import episode_keys
 
 N_CLASSES, SIZE = 30, 6
 WAY, SHOT, QUERY = 5, 3, 4

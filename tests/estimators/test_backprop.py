@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from esmeta.config import EstimatorConfig
-from esmeta.estimators import fitness_from_loss, make_estimator
+from esmeta.estimators import BackpropConfig, fitness_from_loss, make_estimator
 from esmeta.protonet import make_loss_fn
 
 
@@ -19,7 +18,7 @@ def test_fitness_is_minus_loss():
 def test_ascent_direction_is_minus_grad_of_protonet_loss(tiny_protonet):
     _, params, episode = tiny_protonet
     loss = make_loss_fn(way=3, distance="cosine", scale=5.0, norm_stats="support")
-    estimate = jax.jit(make_estimator(EstimatorConfig(name="backprop"), 0.01, loss, None, 1))
+    estimate = jax.jit(make_estimator(BackpropConfig(), 0.01, loss, None, 1))
     g, metrics = estimate(jax.random.key(0), params, episode)
     loss_value, grad = jax.jit(jax.value_and_grad(loss))(params, episode)
     np.testing.assert_allclose(ravel_pytree(g)[0], -ravel_pytree(grad)[0], rtol=1e-5, atol=1e-7)
@@ -33,7 +32,7 @@ def test_ascent_direction_is_minus_grad_of_protonet_loss(tiny_protonet):
 def test_nonfinite_loss_gives_zero_update_counted():
     params = {"w": jnp.ones(3)}
     loss = lambda p, b: jnp.log(jnp.sum(p["w"]) - b)  # noqa: E731  NaN for b > 3
-    estimate = jax.jit(make_estimator(EstimatorConfig(name="backprop"), 0.01, loss, None, 1))
+    estimate = jax.jit(make_estimator(BackpropConfig(), 0.01, loss, None, 1))
     g, metrics = estimate(jax.random.key(0), params, 4.0)
     assert np.all(np.asarray(g["w"]) == 0.0)
     assert float(metrics["nonfinite"]) == 1.0 and float(metrics["zero_update"]) == 1.0

@@ -12,10 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from esmeta.config import EstimatorConfig
-from esmeta.estimators import make_estimator
+from esmeta.estimators import FiniteDiffConfig, make_estimator
 from esmeta.estimators.finite_diff import probe_coordinates
-from esmeta.run import check_overrides
+from esmeta.prelaunch import check_overrides
 from esmeta.train import make_optimizer
 
 D, H = 6, 0.25
@@ -36,7 +35,7 @@ def quotients() -> np.ndarray:
 
 
 def estimate(shards: int, pps: int, **settings) -> np.ndarray:
-    config = EstimatorConfig(name="finite_diff", pop_per_shard=pps, fd_sigma=H, **settings)
+    config = FiniteDiffConfig(pop_per_shard=pps, fd_sigma=H, **settings)
     g, _ = jax.jit(make_estimator(config, 0.0, loss, None, shards))(KEY, {"x": jnp.asarray(X, jnp.float32)}, None)
     return np.asarray(g["x"], np.float64)
 
@@ -74,7 +73,7 @@ def test_the_update_rule_sgd_or_adam(name):
     """sgd: mu + alpha g (the paper's rule); Adam's first step: mu + alpha g / (|g| + 1e-8), i.e. alpha sign(g)."""
     g = quotients()
     alpha = 0.01
-    opt = make_optimizer(alpha, EstimatorConfig(name="finite_diff", optimizer=name))
+    opt = make_optimizer(alpha, FiniteDiffConfig(optimizer=name))
     mu = {"x": jnp.asarray(X, jnp.float32)}
     updates, _ = opt.update({"x": -jnp.asarray(g, jnp.float32)}, opt.init(mu), mu)
     got = np.asarray(optax.apply_updates(mu, updates)["x"], np.float64)
@@ -96,7 +95,7 @@ def test_under_adam_sum_mean_and_rescale_give_one_trajectory():
     leave ten steps on random probe subsets unchanged, while under sgd they move mu by different amounts."""
 
     def trajectory(optimizer: str, **settings) -> np.ndarray:
-        config = EstimatorConfig(name="finite_diff", optimizer=optimizer, pop_per_shard=1, fd_sigma=H, **settings)
+        config = FiniteDiffConfig(optimizer=optimizer, pop_per_shard=1, fd_sigma=H, **settings)
         step_fn = jax.jit(make_estimator(config, 0.0, loss, None, 2))
         opt = make_optimizer(0.05, config)
         mu = {"x": jnp.asarray(X, jnp.float32)}

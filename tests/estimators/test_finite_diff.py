@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from esmeta.config import EstimatorConfig
 from esmeta.data.episodes import Episode
-from esmeta.estimators import make_estimator
+from esmeta.estimators import EstimatorConfig, FiniteDiffConfig, make_estimator
 from esmeta.protonet import init_params, make_loss_fn
 
 MU = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.5, -0.25, 2.0, 0.0, 1.0])}
@@ -35,7 +34,7 @@ def jitted(config: EstimatorConfig, loss, shards: int):
 
 
 def estimate(loss, params, batch, key=0, shards=1, **settings):
-    return jitted(EstimatorConfig(name="finite_diff", **settings), loss, shards)(jax.random.key(key), params, batch)
+    return jitted(FiniteDiffConfig(**settings), loss, shards)(jax.random.key(key), params, batch)
 
 
 def rounding_atol(loss, h: float) -> float:

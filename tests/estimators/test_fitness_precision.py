@@ -11,14 +11,13 @@ import re
 import jax
 import pytest
 
-from esmeta.config import EstimatorConfig
-from esmeta.estimators import make_estimator
+from esmeta.estimators import ESTIMATORS, make_estimator
 
 
 def compiled_precisions(name: str, precision: str, tiny_protonet) -> tuple[list[str], list[str]]:
     """(precision of every convolution, precision of every dot) in the compiled HLO of one estimate."""
     loss, params, episode = tiny_protonet
-    config = EstimatorConfig(name=name, pop_per_shard=4, fitness_precision=precision)
+    config = ESTIMATORS[name][0](pop_per_shard=4, fitness_precision=precision)
     step = jax.jit(make_estimator(config, 0.01, loss, None, 2))
     hlo = step.lower(jax.random.key(0), params, episode).compile().as_text()
     convs = [re.search(r"operand_precision=\{(\w+),", line) for line in hlo.splitlines() if " convolution(" in line]
@@ -29,7 +28,7 @@ def compiled_precisions(name: str, precision: str, tiny_protonet) -> tuple[list[
 
 @pytest.mark.parametrize("name", ["wsr", "finite_diff"])
 def test_fitnesses_run_at_highest_precision_by_default_and_at_the_backends_on_request(name, tiny_protonet):
-    assert EstimatorConfig().fitness_precision == "highest"
+    assert ESTIMATORS[name][0]().fitness_precision == "highest"
     convs, dots = compiled_precisions(name, "highest", tiny_protonet)
     # The candidates' 3 convolutions (blocks 1-3; block 0 is a patch matmul) all at HIGHEST.
     assert convs and set(convs) == {"highest"}

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from esmeta.config import EstimatorConfig
-from esmeta.estimators import make_estimator
-from esmeta.results import read_metrics, read_summary
+from esmeta.estimators import BackpropConfig, ForwardModeConfig, make_estimator
+from esmeta.run_dir import read_metrics, read_summary
 from esmeta.streaming import episode_images_at, streamed_loss_and_accuracy
 
 
@@ -38,8 +37,8 @@ def flat(tree) -> np.ndarray:
 @pytest.mark.parametrize("chunk_size", [0, 1, 7, 150])  # 0: the default 32 (150 = 4 x 32 + 22); 7 leaves a remainder
 def test_forward_mode_equals_backprop_on_the_tiny_protonet(tiny_protonet, chunk_size):
     loss, params, episode = tiny_protonet
-    forward = make_estimator(EstimatorConfig(name="forward_mode", chunk_size=chunk_size), 0.01, loss, None, 1)
-    backward = make_estimator(EstimatorConfig(name="backprop"), 0.01, loss, None, 1)
+    forward = make_estimator(ForwardModeConfig(chunk_size=chunk_size), 0.01, loss, None, 1)
+    backward = make_estimator(BackpropConfig(), 0.01, loss, None, 1)
     g, metrics = jax.jit(forward)(jax.random.key(0), params, episode)
     g_ref, metrics_ref = jax.jit(backward)(jax.random.key(0), params, episode)
     assert jax.tree.structure(g) == jax.tree.structure(params)
@@ -58,9 +57,9 @@ def test_forward_mode_through_the_streamed_loss_equals_backprop_of_the_plain_los
     """The memory benchmark's pairing: forward mode on the chunked loss, jax.grad on the one-batch loss."""
     loss, params, episode = tiny_protonet
     streamed = make_streamed_loss_fn(way=3, chunk=4, distance="euclidean", scale=1.0, norm_stats="episode")
-    g = jax.jit(make_estimator(EstimatorConfig(name="forward_mode", chunk_size=16), 0.0, streamed, None, 1))(
+    g = jax.jit(make_estimator(ForwardModeConfig(chunk_size=16), 0.0, streamed, None, 1))(
         jax.random.key(0), params, episode)[0]
-    g_ref = jax.jit(make_estimator(EstimatorConfig(name="backprop"), 0.0, loss, None, 1))(
+    g_ref = jax.jit(make_estimator(BackpropConfig(), 0.0, loss, None, 1))(
         jax.random.key(0), params, episode)[0]
     np.testing.assert_allclose(flat(g), flat(g_ref), rtol=1e-3, atol=1e-5 * np.abs(flat(g_ref)).max())
 
@@ -68,7 +67,7 @@ def test_forward_mode_through_the_streamed_loss_equals_backprop_of_the_plain_los
 def test_nonfinite_loss_gives_zero_update_counted():
     params = {"w": jnp.ones(3)}
     loss = lambda p, b: jnp.log(jnp.sum(p["w"]) - b)  # noqa: E731  NaN for b > 3
-    estimate = jax.jit(make_estimator(EstimatorConfig(name="forward_mode", chunk_size=2), 0.0, loss, None, 1))
+    estimate = jax.jit(make_estimator(ForwardModeConfig(chunk_size=2), 0.0, loss, None, 1))
     g, metrics = estimate(jax.random.key(0), params, 4.0)
     assert np.all(np.asarray(g["w"]) == 0.0)
     assert float(metrics["nonfinite"]) == 1.0 and float(metrics["zero_update"]) == 1.0

@@ -15,9 +15,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from esmeta import config as config_module
-from esmeta.config import EstimatorConfig
-from esmeta.estimators import ESTIMATORS, make_estimator, population
+from esmeta.estimators import ESTIMATORS, EstimatorConfig, FiniteDiffConfig, WsrConfig, make_estimator, population
 from esmeta.estimators.wsr import candidate_noise
 
 MU = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.5, -0.25, 2.0, 0.0, 1.0])}
@@ -61,14 +59,20 @@ def one_device_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()[:1]), ("shards",))
 
 
-def test_registry_matches_config_choices():
-    assert tuple(ESTIMATORS) == config_module.ESTIMATORS
+def config_of(settings: dict) -> EstimatorConfig:
+    """The config of the estimator `settings["name"]` names, with those settings."""
+    return ESTIMATORS[settings["name"]][0](**settings)
+
+
+def test_each_registered_name_is_its_configs_name():
+    for name, (config, _) in ESTIMATORS.items():
+        assert config().name == config.NAME == name
 
 
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_estimator_contract(name):
     """Jittable on a mesh, params-shaped output, float32 scalar metrics, deterministic in the key."""
-    config = EstimatorConfig(name=name, **SETTINGS[name])
+    config = ESTIMATORS[name][0](**SETTINGS[name])
     estimate = jax.jit(make_estimator(config, 0.1, quadratic_loss, one_device_mesh(), 2))
     g, metrics = estimate(jax.random.key(0), MU, 0.3)
     again, _ = estimate(jax.random.key(0), MU, 0.3)
@@ -85,7 +89,7 @@ def test_estimator_contract(name):
 
 
 def test_no_mesh_equals_one_device_mesh():
-    config = EstimatorConfig(name="wsr", pop_per_shard=4)
+    config = WsrConfig(pop_per_shard=4)
     plain, metrics = jax.jit(make_estimator(config, 0.1, quadratic_loss, None, 3))(jax.random.key(4), MU, 0.3)
     meshed = jax.jit(make_estimator(config, 0.1, quadratic_loss, one_device_mesh(), 3))(jax.random.key(4), MU, 0.3)[0]
     # another program rounds each fitness F by ~2^-24 |F|, which z-scoring divides by std F (x10 for any CPU)
@@ -117,14 +121,14 @@ def one_device(problem, config: EstimatorConfig) -> np.ndarray:
 
 
 def test_map_and_vmap_give_the_same_estimate(tiny_protonet):
-    vmapped = one_device(tiny_protonet, EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="vmap"))
-    mapped = one_device(tiny_protonet, EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="map"))
+    vmapped = one_device(tiny_protonet, WsrConfig(pop_per_shard=4, eval_mode="vmap"))
+    mapped = one_device(tiny_protonet, WsrConfig(pop_per_shard=4, eval_mode="map"))
     assert_close(vmapped, mapped, rtol=1e-4)
 
 
 def test_chunked_equals_unchunked(tiny_protonet):
-    chunked = one_device(tiny_protonet, EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="vmap", chunk_size=3))
-    whole = one_device(tiny_protonet, EstimatorConfig(name="wsr", pop_per_shard=4, eval_mode="vmap"))
+    chunked = one_device(tiny_protonet, WsrConfig(pop_per_shard=4, eval_mode="vmap", chunk_size=3))
+    whole = one_device(tiny_protonet, WsrConfig(pop_per_shard=4, eval_mode="vmap"))
     assert_close(chunked, whole, rtol=1e-4)  # chunks of 3 + 1
 
 
@@ -136,7 +140,7 @@ def test_automatic_noise_chunks_give_the_dense_population_estimate(monkeypatch, 
     monkeypatch.setattr(population, "NOISE_BUDGET", 3 * flat_mu.size + 7)  # automatic chunks of 3: 3 + 3 + 3 + 1
     assert population.noise_chunk(0, 10, flat_mu.size) == 3
     key, pps, shards, sigma = jax.random.key(5), 10, 2, 0.05
-    g = jax.jit(make_estimator(EstimatorConfig(name="wsr", pop_per_shard=pps), sigma, loss, None, shards))(
+    g = jax.jit(make_estimator(WsrConfig(pop_per_shard=pps), sigma, loss, None, shards))(
         key, params, episode)[0]
     eps_nd = np.stack([flat(candidate_noise(key, params, jnp.int32(i), sigma, False)) for i in range(pps * shards)])
     fitness_n = np.array([-float(loss(unravel(flat_mu + e), episode)) for e in eps_nd])
@@ -149,13 +153,13 @@ def test_automatic_noise_chunks_give_the_dense_population_estimate(monkeypatch, 
 
 def test_map_and_vmap_agree_for_finite_differences():
     estimates = [
-        jax.jit(make_estimator(EstimatorConfig(name="finite_diff", pop_per_shard=6, eval_mode=mode, chunk_size=4), 0.0,
+        jax.jit(make_estimator(FiniteDiffConfig(pop_per_shard=6, eval_mode=mode, chunk_size=4), 0.0,
                                quadratic_loss, None, 3))(jax.random.key(1), MU, 0.3)[0]
         for mode in ("map", "vmap")
     ]
     # each probe divides a fitness difference by h = fd_sigma: rounding 2^-24 |F| of either program becomes
     # 2^-24 |F| / h per coordinate (x10 for any CPU)
-    atol = 10 * 2.0**-24 * float(quadratic_loss(MU, 0.3)) / EstimatorConfig().fd_sigma
+    atol = 10 * 2.0**-24 * float(quadratic_loss(MU, 0.3)) / FiniteDiffConfig().fd_sigma
     np.testing.assert_allclose(flat(estimates[1]), flat(estimates[0]), rtol=0, atol=atol)
 
 
@@ -163,9 +167,9 @@ EIGHT_DEVICES = textwrap.dedent(
     """
     import pickle, sys
     import jax, numpy as np
-    from esmeta.config import EstimatorConfig, HardwareConfig
+    from esmeta.config import HardwareConfig
     from esmeta.data.episodes import Episode
-    from esmeta.estimators import make_estimator
+    from esmeta.estimators import ESTIMATORS, make_estimator
     from esmeta.hardware import configure_backend, make_mesh
     from esmeta.protonet import make_loss_fn
     configure_backend(HardwareConfig(cpu_devices=8))
@@ -174,7 +178,7 @@ EIGHT_DEVICES = textwrap.dedent(
     with open(sys.argv[1], "rb") as f:
         inputs = pickle.load(f)
     for case, settings in inputs["cases"].items():
-        estimate = make_estimator(EstimatorConfig(**settings), 0.05, make_loss_fn(**inputs["net"]), mesh, shards)
+        estimate = make_estimator(ESTIMATORS[settings["name"]][0](**settings), 0.05, make_loss_fn(**inputs["net"]), mesh, shards)
         g, _ = jax.jit(estimate)(jax.random.key(11), inputs["params"], Episode(*inputs["episode"]))
         np.save(f"{sys.argv[2]}/{case}.npy", np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]))
     """
@@ -193,7 +197,7 @@ def test_eight_shards_on_one_device_equal_eight_devices(tmp_path, tiny_protonet)
         [sys.executable, "-c", EIGHT_DEVICES, str(tmp_path / "inputs.pkl"), str(tmp_path)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    local = {case: one_device(tiny_protonet, EstimatorConfig(**settings)) for case, settings in DEVICE_CASES.items()}
+    local = {case: one_device(tiny_protonet, config_of(settings)) for case, settings in DEVICE_CASES.items()}
     out, _ = child.communicate(timeout=300)
     assert child.returncode == 0, out
     for case, g in local.items():

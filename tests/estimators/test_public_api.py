@@ -12,8 +12,9 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import esmeta.estimators as es
-from esmeta.config import EstimatorConfig, from_mapping
+from esmeta.config import from_mapping
 from esmeta.errors import ConfigError
+from esmeta.estimators import BackpropConfig, FiniteDiffConfig, ForwardModeConfig, WsrConfig
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "estimators.md"  # "Use the estimators on your own model"
 MU = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.5, -0.25, 2.0])}
@@ -53,28 +54,28 @@ SAME = {  # constructor call -> the make_estimator call it must equal
     "wsr": (
         lambda loss: es.wsr(loss, sigma=0.1, population=8, shards=2, antithetic=True, fitness_shaping="centered_rank"),
         lambda loss: es.make_estimator(
-            EstimatorConfig(name="wsr", pop_per_shard=4, antithetic=True, fitness_shaping="centered_rank"), 0.1, loss, None, 2
+            WsrConfig(pop_per_shard=4, antithetic=True, fitness_shaping="centered_rank"), 0.1, loss, None, 2
         ),
     ),
     "wsr_global_low_rank": (
         lambda loss: es.wsr(loss, sigma=0.05, population=6, shards=3, normalize="global", rank=1),
         lambda loss: es.make_estimator(
-            EstimatorConfig(name="wsr", pop_per_shard=2, normalize="global", rank=1), 0.05, loss, None, 3
+            WsrConfig(pop_per_shard=2, normalize="global", rank=1), 0.05, loss, None, 3
         ),
     ),
     "finite_diff": (
         lambda loss: es.finite_diff(loss, coordinates=6, shards=2, sigma=1e-2, central=True),
         lambda loss: es.make_estimator(
-            EstimatorConfig(name="finite_diff", pop_per_shard=3, fd_sigma=1e-2, central=True), 0.0, loss, None, 2
+            FiniteDiffConfig(pop_per_shard=3, fd_sigma=1e-2, central=True), 0.0, loss, None, 2
         ),
     ),
     "forward_mode": (
         lambda loss: es.forward_mode(loss, chunk_size=4),
-        lambda loss: es.make_estimator(EstimatorConfig(name="forward_mode", chunk_size=4), 0.0, loss, None, 1),
+        lambda loss: es.make_estimator(ForwardModeConfig(chunk_size=4), 0.0, loss, None, 1),
     ),
     "backprop": (
         lambda loss: es.backprop(loss),
-        lambda loss: es.make_estimator(EstimatorConfig(name="backprop"), 0.0, loss, None, 1),
+        lambda loss: es.make_estimator(BackpropConfig(), 0.0, loss, None, 1),
     ),
 }
 
@@ -149,19 +150,19 @@ def test_constructor_needs_a_function(constructor):
 
 
 def test_make_estimator_validates_its_config():
-    """The default wsr config (population 1) used to return a zero update silently."""
+    """A wsr population of 1 used to return a zero update silently."""
     with pytest.raises(ConfigError, match=r"^estimator\.pop_per_shard=1 must be at least 2"):
-        es.make_estimator(EstimatorConfig(name="wsr"), 0.01, quadratic_loss, None, 1)
+        es.make_estimator(WsrConfig(pop_per_shard=1), 0.01, quadratic_loss, None, 1)
     with pytest.raises(ConfigError, match=r"^estimator\.pop_per_shard x hardware\.shards=1 must be at least 2"):
-        es.make_estimator(EstimatorConfig(name="wsr", normalize="global"), 0.01, quadratic_loss, None, 1)
+        es.make_estimator(WsrConfig(pop_per_shard=1, normalize="global"), 0.01, quadratic_loss, None, 1)
     with pytest.raises(ConfigError, match=r"^estimator\.pop_per_shard='4' must be an integer"):
-        es.make_estimator(EstimatorConfig(name="wsr", pop_per_shard="4"), 0.01, quadratic_loss, None, 1)
+        es.make_estimator(WsrConfig(pop_per_shard="4"), 0.01, quadratic_loss, None, 1)
     with pytest.raises(ConfigError, match=r"^sigma=0 must be positive"):
-        es.make_estimator(EstimatorConfig(name="wsr", pop_per_shard=4), 0.0, quadratic_loss, None, 1)
+        es.make_estimator(WsrConfig(pop_per_shard=4), 0.0, quadratic_loss, None, 1)
     with pytest.raises(ConfigError, match=r"^estimator\.name='es' is not an option"):
-        es.make_estimator(EstimatorConfig(name="es"), 0.01, quadratic_loss, None, 1)
+        es.make_estimator(es.EstimatorConfig(name="es"), 0.01, quadratic_loss, None, 1)
     # two shards of one candidate, z-scored together: a real update
-    estimate = es.make_estimator(EstimatorConfig(name="wsr", normalize="global"), 0.01, quadratic_loss, None, 2)
+    estimate = es.make_estimator(WsrConfig(pop_per_shard=1, normalize="global"), 0.01, quadratic_loss, None, 2)
     g, metrics = jax.jit(estimate)(jax.random.key(0), MU, 0.3)
     assert float(metrics["zero_update"]) == 0.0 and np.linalg.norm(flat(g)) > 0
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from esmeta.config import EstimatorConfig
-from esmeta.estimators import make_estimator
+from esmeta.estimators import EstimatorConfig, WsrConfig, make_estimator
 from esmeta.estimators.wsr import candidate_noise, shape_fitness
 
 SIGMA = 0.1
@@ -56,7 +55,7 @@ def jitted(config: EstimatorConfig, sigma: float, loss, shards: int):
 
 
 def estimate(loss, params, batch, key=0, shards=1, sigma=SIGMA, **settings):
-    return jitted(EstimatorConfig(name="wsr", **settings), sigma, loss, shards)(jax.random.key(key), params, batch)
+    return jitted(WsrConfig(**settings), sigma, loss, shards)(jax.random.key(key), params, batch)
 
 
 def noise_matrix(key: int, n: int, antithetic: bool = False) -> np.ndarray:
@@ -110,7 +109,7 @@ def test_protonet_cosine_to_backprop_grows_with_population(tiny_protonet):
     true = jax.jit(jax.grad(lambda p: -loss(p, episode)))(params)
     mean_cos = {}
     for pop in (16, 1024):
-        config = EstimatorConfig(name="wsr", pop_per_shard=pop)
+        config = WsrConfig(pop_per_shard=pop)
         est = jax.jit(make_estimator(config, 0.01, loss, None, 1))
         mean_cos[pop] = np.mean([cosine(est(jax.random.key(k), params, episode)[0], true) for k in range(2)])
     # cos ~ sqrt(n / (n + D)) predicts ~0.3 and ~0.93

@@ -13,12 +13,12 @@ import numpy as np
 from flax import serialization
 
 from esmeta.checkpoint import PARAM_FILES, sha256
-from esmeta.config import Config, from_mapping
+from esmeta.config import Config, from_mapping, upgrade_record
 from esmeta.data.episodes import to_float
 from esmeta.data.omniglot import prepare_images
 from esmeta.errors import DataError, EsmetaError
 from esmeta.protonet import BatchStats, Params, embed, init_batch_stats, init_params
-from esmeta.results import BATCH_STATS, DONE, PARAMS, SUMMARY, read_finished_summary
+from esmeta.run_dir import BATCH_STATS, DONE, PARAMS, SUMMARY, read_finished_summary
 
 
 def _read_params(path: Path, template: Params, expected_sha256: str) -> Params:
@@ -79,7 +79,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise DataError(f"{run_dir} holds no finished run (no `done` marker or {PARAMS}); pass a run's output directory")
     summary = read_finished_summary(run_dir)
     try:
-        config = from_mapping(summary["config"])
+        config = from_mapping(upgrade_record(summary["config"]))
     except (KeyError, TypeError, EsmetaError) as e:
         raise DataError(f"{run_dir / SUMMARY} holds no valid config ({type(e).__name__}: {e}); it is damaged") from None
     if summary.get("status") != "completed":  # a collapsed run's parameters are not finite: no model to embed with

@@ -2,7 +2,8 @@
 
 Layout (one directory per Hydra job):
   metrics.jsonl    one JSON object per logged point (episode, train/..., val/..., wall_time_s)
-  summary.json     status, test accuracy (mean, std, 95% CI), config, versions; written atomically
+  summary.json     status, test accuracy (mean, std, 95% CI), config, versions, and what the analysis reads
+                   (esmeta.record: point, sigma, test protocol, budget, differences); written atomically
   params.msgpack   the trained embedding parameters (flax.serialization)
   batch_stats.msgpack  the batch-norm running averages, {"EpisodeBatchNorm_<b>": {"mean", "var"}} (idem)
   checkpoint.msgpack  while the run is unfinished: what a resumed run continues from (esmeta.checkpoint)

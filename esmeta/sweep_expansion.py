@@ -1,6 +1,6 @@
 """What jobs a command means: every job of a multirun, in the order Hydra's basic sweeper launches them.
 
-The one room for sweep grids. The pre-launch check and the dry run (`esmeta.run`) and the W&B sweep
+The one room for sweep grids. The pre-launch check (`esmeta.prelaunch`), the dry run and the W&B sweep
 generator (`esmeta.wandb_sweeps`) ask this module, so what they list is what Hydra will run: a stored
 sweep's grid (`hydra.sweeper.params`) first, then the command line, a later value of a key replacing an
 earlier one, and the product over the keys in that order (job numbers name the job directories).
@@ -8,7 +8,6 @@ earlier one, and the product over the keys in that order (job numbers name the j
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -101,12 +100,12 @@ def grid_overrides(stored: Mapping[str, str], overrides: Sequence[str]) -> list[
 
 def job_overrides(overrides: Sequence[str], stored: Mapping[str, Any], config_loader: Any) -> list[list[str]]:
     """Each job's overrides, in launch order: the product of the stored grid's values and the command line's."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from esmeta.hydra_internals import basic_sweeper_jobs
+
     parser = OverridesParser.create(config_loader=config_loader)
-    parsed = parser.parse_overrides([*(f"{k}={v}" for k, v in stored.items()), *overrides])
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    return basic_sweeper_jobs(parser.parse_overrides([*(f"{k}={v}" for k, v in stored.items()), *overrides]))
 
 
 def product_size(overrides: Sequence[str], stored: Mapping[str, Any], config_loader: Any) -> int:
@@ -125,27 +124,3 @@ def product_size(overrides: Sequence[str], stored: Mapping[str, Any], config_loa
         n *= size
     return n
 
-
-def end_failed_search_in_one_line(on_failure: Any) -> None:
-    """Where every trial of an Optuna search failed, call `on_failure` (FailedJobs' one line, exit 1), else end in
-    one line, instead of the traceback of Optuna's "No trials are completed yet" (the sweeper asks for the best
-    trial after the last one). Installed once per process, at the start of a search."""
-    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
-
-    sweep = OptunaSweeperImpl.sweep
-    if getattr(sweep, "esmeta_guard", False):
-        return
-
-    def guarded(self: Any, arguments: Any) -> None:
-        try:
-            return sweep(self, arguments)
-        except ValueError as e:
-            if "No trials are completed" not in str(e):
-                raise
-            on_failure()
-            print("esmeta: error: no trial of the search has a validation accuracy to compare (collapsed or skipped "
-                  "runs: each one's summary.json says why)", file=sys.stderr)
-            sys.exit(1)
-
-    guarded.esmeta_guard = True  # type: ignore[attr-defined]
-    OptunaSweeperImpl.sweep = guarded

@@ -1,0 +1,86 @@
+"""What a run measures (an episode's loss and accuracy, evaluation episodes and evaluator, test statistics, each
+epoch's means and pace), apart from the driver: one computation for training, validation, test and cost estimate."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esmeta.config import Config
+from esmeta.data import sample_episode
+from esmeta.protonet import BatchStats, make_metrics_fn
+
+# (params, episode, running averages) -> (loss, accuracy, the batch-norm statistics used)
+MetricsFn = Callable[..., tuple[jax.Array, jax.Array, BatchStats]]
+
+
+def metrics_fn(config: Config, way: int, evaluation: bool = False) -> MetricsFn:
+    """`protonet.make_metrics_fn` with the run's distance and batch-norm protocol: the single loss of training
+    and of evaluation (`evaluation`: with the running averages under model.norm_stats=running)."""
+    return make_metrics_fn(way=way, distance=config.distance.name, scale=config.distance.scale,
+                           norm_stats=config.model.norm_stats, evaluation=evaluation)
+
+
+def episode_keys(key: jax.Array, n: int) -> jax.Array:
+    """n episode keys by fold_in, so the first k of n episodes are the same for any n >= k."""
+    return jax.vmap(partial(jax.random.fold_in, key))(jnp.arange(n))
+
+
+def make_evaluator(images: jax.Array, keys: jax.Array, way: int, shot: int, query: int, metrics: MetricsFn):
+    """`evaluate(params, running)`: accuracy on each of a fixed set of episodes (one per key), at full float32
+    precision (batch norm as `metrics` says: with the running averages under norm_stats=running)."""
+
+    def evaluate(params, running):
+        def one(key):
+            return metrics(params, sample_episode(key, images, way, shot, query), running)[1]
+
+        with jax.default_matmul_precision("highest"):
+            return jax.lax.map(one, keys)
+
+    return jax.jit(evaluate)
+
+
+def accuracy_stats(accuracies: np.ndarray) -> dict[str, float]:
+    """Mean, sample standard deviation (ddof=1, the paper's '±') and 95% CI half-width over episodes."""
+    n = len(accuracies)
+    std = float(np.std(accuracies, ddof=1)) if n > 1 else 0.0
+    return {
+        "test_accuracy": float(np.mean(accuracies)),
+        "test_accuracy_std": std,
+        "test_accuracy_ci95": 1.96 * std / math.sqrt(n),
+        "test_episodes": n,
+    }
+
+
+def all_finite(tree) -> bool:
+    """Whether every leaf is finite: non-finite mean parameters mean the run collapsed."""
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
+    """Average per-step host metrics over a logging window; nan where no step was finite."""
+    out = {}
+    for k in window[0]:
+        values = np.asarray([m[k] for m in window], np.float64)
+        finite = values[np.isfinite(values)]
+        out[k] = float(finite.mean()) if finite.size else float("nan")
+    return out
+
+
+# An exact gradient (backprop, forward_mode) evaluates one candidate, mu: its fitness statistics are -loss, 0, -loss.
+EXACT_DROPPED = ("es/fitness_mean", "es/fitness_std", "es/fitness_max")
+
+
+def epoch_rates(candidates: float, steps: int, seconds: float, population: bool) -> dict[str, float]:
+    """An epoch's pace over `steps` steps taking `seconds` (compilation left out): episodes/s for every estimator,
+    candidates/s for the population ones (for which it is what the hardware does); nan when no step was timed."""
+    episodes_per_s = steps / seconds if steps and seconds > 0 else float("nan")
+    rates = {"train/episodes_per_s": episodes_per_s}
+    if population:
+        rates["es/candidates_per_s"] = candidates * episodes_per_s
+    return rates
