@@ -24,6 +24,8 @@ from esmeta.estimators import (
     config_class,
     readers,
 )
+from esmeta.learners import INNER_LOOP, LEARNERS, LearnerConfig, learner_class
+from esmeta.protonet import ProtoNetConfig
 from esmeta.rules import setting
 
 DISTANCES = ("euclidean", "cosine")
@@ -153,6 +155,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     estimator: EstimatorConfig = BackpropConfig()
+    learner: LearnerConfig = ProtoNetConfig()
     hardware: HardwareConfig = HardwareConfig()
     logger: LoggerConfig = LoggerConfig()
     scale: ScaleConfig = ScaleConfig()
@@ -168,7 +171,9 @@ PASSTHROUGH_KEYS = frozenset({"hydra", "sweep", "experiment", "cluster", "point"
 
 
 def _section_class(name: str, values: Mapping[str, Any]) -> type:
-    """The class of section `name`: the chosen estimator's config for `estimator`."""
+    """The class of section `name`: the chosen estimator's config for `estimator`, the chosen learner's for `learner`."""
+    if name == "learner":
+        return learner_class(rules.coerce("learner.name", values.get("name", Config().learner.name), "str"))
     if name != "estimator":
         return type(getattr(Config(), name))
     return config_class(rules.coerce("estimator.name", values.get("name", Config().estimator.name), "str"))
@@ -178,12 +183,22 @@ def not_read_message(key: str, estimator: str | None = None) -> str | None:
     """The one line for an estimator setting `key` (dotted) that the running estimator does not read, naming the
     estimators that do; None when no estimator reads it."""
     section, _, setting_name = key.partition(".")
+    if section == "learner":
+        return _learner_not_read(setting_name, estimator)
     who = readers(setting_name) if section == "estimator" else []
     if not who:
         return None
     running = f"estimator={estimator}" if estimator else "the estimator this command runs"
     return (f"{key} is a setting of {' and '.join(who)} only ({running} does not read it): drop it, or choose "
             f"{'that estimator' if len(who) == 1 else 'one of them'} (estimator={who[0]})")
+
+
+def _learner_not_read(key: str, learner: str | None) -> str | None:
+    who = [name for name, cls in LEARNERS.items() if key in cls.__dataclass_fields__]
+    if not who:
+        return None
+    return (f"learner.{key} is a setting of {' and '.join(who)} only (learner={learner or 'protonet'} does not read "
+            f"it): drop it, or choose learner={who[0]}")
 
 
 def _build_section(name: str, values: Any) -> Any:
@@ -193,7 +208,7 @@ def _build_section(name: str, values: Any) -> Any:
     declared = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(declared))
     if unknown:
-        raise ConfigError(not_read_message(f"{name}.{unknown[0]}", cls.NAME if name == "estimator" else None)
+        raise ConfigError(not_read_message(f"{name}.{unknown[0]}", cls.NAME if name in ("estimator", "learner") else None)
                           or f"unknown setting {name}.{unknown[0]}; {name} has: {', '.join(sorted(declared))}")
     return cls(**{key: rules.coerce(f"{name}.{key}", values[key], f.type) for key, f in declared.items() if key in values})
 
@@ -281,6 +296,10 @@ def validate(config: Config) -> None:
     rules.int32("train.epochs x train.episodes_per_epoch", config.train.epochs * config.train.episodes_per_epoch)
 
     e.validate(config.sigma, h.shards)  # and hardware.shards
+    config.learner.validate(config)
+    if e.FIRST_ORDER and config.learner.name not in INNER_LOOP:
+        raise ConfigError(f"estimator={e.name} holds an inner loop's gradients constant, and learner="
+                          f"{config.learner.name} has no inner loop: choose learner=maml, or estimator=backprop")
     rules.choice("hardware.platform", h.platform, PLATFORMS)
     rules.positive("hardware.devices", h.devices, allow_zero=True)
     rules.positive("hardware.cpu_devices", h.cpu_devices, allow_zero=True)

@@ -13,21 +13,91 @@ Batch norm as MAML's reference implementation uses it: every forward pass normal
 the batch it embeds (the support set in the inner loop, the query set after it), in training and at test time
 alike, with no running averages. So a query's prediction depends on the other queries (transductive), as in the
 published MAML figures; the normalization's scale and bias are adapted with the rest.
+
+`learner=maml` selects it (`MamlConfig`, conf/learner/maml.yaml); its defaults are Finn et al.'s Omniglot 5-way
+settings: one inner step at learning rate 0.4 in training, three at test time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from esmeta import protonet
+from esmeta import protonet, rules
 from esmeta.data.episodes import Episode, episode_labels
+from esmeta.errors import ConfigError
+from esmeta.rules import setting
+
+if TYPE_CHECKING:
+    from esmeta.config import Config
 
 Params = Any  # {"backbone": ..., "head": {"kernel", "bias"}}
 Features = Callable[[Any, jax.Array], jax.Array]  # (backbone params, images (n, S, S, 1)) -> features (n, d)
+NORM_STATS = "batch"  # the batch-norm protocol a run records for its test accuracy (module docstring)
+# forward_mode pushes one tangent per parameter through the whole unrolled inner loop: a step costs about
+# parameters x (inner_steps + 1) passes over its episode. Measured on one core of a 2-core AMD EPYC (5-way 1-shot,
+# 28 px, 8 channels: 1,941 parameters, one inner step): about 390 such passes a second, so this many over a run
+# is some 14 hours; a larger run is refused rather than left to never finish.
+FORWARD_MODE_MAX_PASSES = 20_000_000
+
+
+@dataclass(frozen=True)
+class MamlConfig:
+    """`learner=maml`: K = inner_steps SGD steps at inner_lr on the support set per training episode, and
+    test_inner_steps at test time (Finn et al. 2017, Omniglot 5-way: 1 step at 0.4 in training, 3 at test)."""
+
+    NAME: ClassVar[str] = "maml"
+
+    name: str = setting(NAME, "result")
+    inner_steps: int = setting(1, "result")
+    inner_lr: float = setting(0.4, "result")
+    test_inner_steps: int = setting(3, "result")
+
+    def validate(self, run: Config) -> None:
+        """Its own settings, and what it needs of the rest of the run `run`."""
+        for key in ("inner_steps", "test_inner_steps"):
+            value = getattr(self, key)
+            if value < 1:
+                raise ConfigError(f"learner.{key}={value} must be at least 1: MAML adapts to each episode by at least "
+                                  f"one SGD step on its support set (Finn et al. use 1-5); use learner.{key}=1 or more")
+            rules.int32(f"learner.{key}", value)
+        rules.positive("learner.inner_lr", self.inner_lr)
+        rules.float32("learner.inner_lr", self.inner_lr)
+        t = run.task
+        if t.test_way != t.train_way:
+            raise ConfigError(f"learner=maml needs task.test_way = task.train_way (its head has one output per class "
+                              f"of a training episode); got {t.test_way} and {t.train_way}: set task.test_way="
+                              f"{t.train_way}")
+        for key, value, default in (("model.norm_stats", run.model.norm_stats, "running"),
+                                    ("distance.name", run.distance.name, "euclidean"),
+                                    ("distance.scale", run.distance.scale, 1.0)):
+            if value != default:
+                raise ConfigError(f"{key}={value} is a ProtoNet setting, which learner=maml does not read (it scores "
+                                  "with a linear head and normalizes each forward pass with its own batch): drop it")
+        if run.estimator.name == "forward_mode":
+            n = parameter_count(run.model.channels, run.data.image_size, t.train_way)
+            episodes = run.train.epochs * run.train.episodes_per_epoch
+            passes = n * (self.inner_steps + 1) * episodes
+            if passes > FORWARD_MODE_MAX_PASSES:
+                raise ConfigError(
+                    f"estimator=forward_mode with learner=maml pushes each of the {n:,} parameters through the unrolled "
+                    f"inner loop: about {passes:,} passes over an episode in {episodes:,} episodes, more than the "
+                    f"{FORWARD_MODE_MAX_PASSES:,} a CPU finishes in about 14 hours; lower model.channels, "
+                    "learner.inner_steps or train.epochs, or use estimator=backprop (the same gradient)")
+
+
+def parameter_count(channels: int, image_size: int, way: int) -> int:
+    """The meta-parameters' count without building them: 4 x (3x3 conv + bias, batch-norm scale + bias) and the
+    linear head over the flattened 2x2-pooled features."""
+    count, inputs, size = 0, 1, image_size
+    for _ in range(4):
+        count += 9 * inputs * channels + channels + 2 * channels
+        inputs, size = channels, size // 2
+    return count + channels * size * size * way + way
 
 
 def init_params(key: jax.Array, channels: int, image_size: int, way: int) -> Params:

@@ -18,6 +18,7 @@ from esmeta.config import Config
 from esmeta.data.omniglot import IMAGES_PER_CLASS
 from esmeta.data.splits import split_sizes
 from esmeta.errors import ConfigError
+from esmeta.maml import parameter_count
 from esmeta.scale import scaled
 
 FLOAT = 4  # bytes of a float32 (parameters, activations, fitnesses, accuracies)
@@ -74,6 +75,12 @@ def needs(config: Config, shards: int, devices: int = 1, platform: str = "cpu") 
     run = scaled(config)
     t, e, s, c = run.task, run.estimator, config.data.image_size, config.model.channels
     p = num_params(c, s)
+    rows = activation_bytes(t.train_way * (t.shot + t.query), s, c)
+    if config.learner.name == "maml":  # the head's parameters too; second-order MAML (backprop through the inner
+        # loop) keeps each inner step's support activations for the outer backward pass
+        p = parameter_count(c, s, t.train_way)
+        if e.name == "backprop":
+            rows += config.learner.inner_steps * activation_bytes(t.train_way * t.shot, s, c)
     moments = 2 if e.optimizer == "adam" else 0
     together, population = 1, 0  # candidates evaluated at once; bytes of the population's arrays
     if e.is_es:
@@ -83,7 +90,7 @@ def needs(config: Config, shards: int, devices: int = 1, platform: str = "cpu") 
     return Needs(
         images=sum(split_sizes(config.data.split)) * IMAGES_PER_CLASS * s * s,
         state=(1 + moments + 1) * p * FLOAT,
-        step=population + together * (p * FLOAT + activation_bytes(t.train_way * (t.shot + t.query), s, c)),
+        step=population + together * (p * FLOAT + rows),
         validation=config.eval.val_episodes * EPISODE,
         test=config.eval.val_episodes * KEY + config.eval.test_episodes * EPISODE,  # the validation keys stay
     )

@@ -13,17 +13,20 @@ import numpy as np
 
 from esmeta.config import Config
 from esmeta.data import sample_episode
-from esmeta.protonet import BatchStats, make_metrics_fn
+from esmeta.learners import make_learner
+from esmeta.protonet import BatchStats
 
 # (params, episode, running averages) -> (loss, accuracy, the batch-norm statistics used)
 MetricsFn = Callable[..., tuple[jax.Array, jax.Array, BatchStats]]
 
 
 def metrics_fn(config: Config, way: int, evaluation: bool = False) -> MetricsFn:
-    """`protonet.make_metrics_fn` with the run's distance and batch-norm protocol: the single loss of training
-    and of evaluation (`evaluation`: with the running averages under model.norm_stats=running)."""
-    return make_metrics_fn(way=way, distance=config.distance.name, scale=config.distance.scale,
-                           norm_stats=config.model.norm_stats, evaluation=evaluation)
+    """The run's learner's loss and accuracy on episodes of `way` classes, its settings bound: the single loss of
+    training (as its estimator differentiates it: a first-order one with constant inner gradients) and of
+    evaluation (`evaluation`: the ProtoNet with its running averages under model.norm_stats=running, MAML with
+    learner.test_inner_steps)."""
+    return make_learner(config).metrics(way, evaluation=evaluation,
+                                        first_order=config.estimator.FIRST_ORDER and not evaluation)
 
 
 def episode_keys(key: jax.Array, n: int) -> jax.Array:

@@ -25,20 +25,35 @@ taken; the averages track it (they are computed with the biases included), so th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from esmeta.data.episodes import Episode, episode_labels
+from esmeta.rules import setting
 
 Params = Any  # a pytree of float32 arrays
 BatchStats = Any  # {"EpisodeBatchNorm_<b>": {"mean": (c,), "var": (c,)}}: running averages of each block
 BN_EPS = 1e-5
 MOMENTUM = 0.1  # PyTorch's default, as the reference ProtoNet
 NHWC = ("NHWC", "HWIO", "NHWC")  # conv dimension numbers: images NHWC, kernels HWIO (shared with streaming.py)
+
+
+@dataclass(frozen=True)
+class ProtoNetConfig:
+    """`learner=protonet`, the paper's meta-learner (the default): its settings are the embedding's (`model`) and
+    the distance's (`distance`), so this section holds only its name."""
+
+    NAME: ClassVar[str] = "protonet"
+
+    name: str = setting(NAME, "result")
+
+    def validate(self, run: Any) -> None:
+        """Nothing of its own to check (the model and distance sections are checked by esmeta.config)."""
 
 
 class EpisodeBatchNorm(nn.Module):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from esmeta.config import Config
+from esmeta.learners import make_learner
 from esmeta.roles import differs_from_defaults
 
 
@@ -25,7 +26,7 @@ def record(config: Config, overrides: Sequence[str], episodes: int | None = None
         "point": point(overrides),
         "sigma": e.perturbation(config.sigma),  # the perturbation used (wsr's, finite_diff's)
         "population_estimator": e.is_es,  # whether estimator.pop_per_shard applies (a population of candidates)
-        "test_protocol": {"norm_stats": config.model.norm_stats, "way": t.test_way, "shot": t.test_shot,
+        "test_protocol": {"norm_stats": make_learner(config).test_norm_stats, "way": t.test_way, "shot": t.test_shot,
                           "query": t.test_query, "episodes": config.eval.test_episodes, "seed": config.eval.seed},
         "budget": {"episodes_requested": train.epochs * train.episodes_per_epoch, "max_minutes": train.max_minutes,
                    "budget_clock": train.budget_clock, "scale": config.scale.name, "episodes_reached": episodes},

@@ -43,7 +43,8 @@ from esmeta.metrics import (
     mean_metrics,
     metrics_fn,
 )
-from esmeta.protonet import init_batch_stats, init_params, num_params, update_running
+from esmeta.learners import make_learner
+from esmeta.protonet import num_params
 from esmeta.provenance import provenance, versions
 from esmeta.record import record
 from esmeta.run_dir import DirLock, RunDir, read_finished_summary
@@ -73,11 +74,11 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def make_train_step(estimate, optimizer: optax.GradientTransformation, sample, metrics: MetricsFn,
-                    shard_episodes: int = 0):
+                    update_running: Callable[[Any, Any], Any], shard_episodes: int = 0):
     """One jitted meta-training step: sample an episode, estimate the ascent direction, update mu, and update
     the batch-norm running averages from the forward pass at mu (the one that gives train/loss). With
     `shard_episodes` = S > 0 the estimator gets S episodes, one per population shard (stacked; shard s's from
-    fold_in(episode key, s)), and the forward pass at mu uses shard 0's."""
+    fold_in(episode key, s)), and the forward pass at mu uses shard 0's. `update_running`: the learner's."""
 
     def step(params, opt_state, running, key):
         episode_key, estimate_key = jax.random.split(key)
@@ -207,7 +208,8 @@ def build(config: Config, run: Config, mesh: Any, shards: int, images: dict[str,
     t, e = run.task, run.estimator
     init_key, train_key = run_keys(config.seed)
     val_key, test_key = jax.random.split(jax.random.key(config.eval.seed))
-    params = init_params(init_key, config.model.channels, config.data.image_size)
+    learner = make_learner(config)
+    params = learner.init_params(init_key)
 
     train_metrics = metrics_fn(config, t.train_way)
     eval_metrics = metrics_fn(config, t.test_way, evaluation=True)
@@ -220,9 +222,9 @@ def build(config: Config, run: Config, mesh: Any, shards: int, images: dict[str,
     ) if config.eval.val_episodes else None
     return Setup(
         images=images, train_step=make_train_step(estimate, optimizer, sample_train, train_metrics,
-                                                  e.own_episodes(shards)),
+                                                  learner.update_running, e.own_episodes(shards)),
         validate_fn=validate_fn, eval_metrics=eval_metrics,
-        state=(params, optimizer.init(params), init_batch_stats(params)),
+        state=(params, optimizer.init(params), learner.init_running(params)),
         train_key=train_key, test_key=test_key, num_params=num_params(params), population=e.is_es,
     )
 
@@ -262,7 +264,7 @@ def summarize(config: Config, run: Config, setup: Setup, progress: checkpoint.Pr
     return {
         "status": status,
         **accuracy_stats(accuracies),
-        "test_norm_stats": config.model.norm_stats,  # the batch-norm protocol behind test_accuracy
+        "test_norm_stats": make_learner(config).test_norm_stats,  # the batch-norm protocol behind test_accuracy
         "best_val_accuracy": nan if progress.best_val is None else progress.best_val,
         "final_val_accuracy": nan if progress.val_acc is None else progress.val_acc,
         "episodes": progress.step,

@@ -17,7 +17,8 @@ from esmeta.config import Config, from_mapping, upgrade_record
 from esmeta.data.episodes import to_float
 from esmeta.data.omniglot import prepare_images
 from esmeta.errors import DataError, EsmetaError
-from esmeta.protonet import BatchStats, Params, embed, init_batch_stats, init_params
+from esmeta.learners import make_learner
+from esmeta.protonet import BatchStats, Params
 from esmeta.run_dir import BATCH_STATS, DONE, PARAMS, SUMMARY, read_finished_summary
 
 
@@ -72,7 +73,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     [0, 1]; another size S is refused in one line. Batch norm as
     the run was tested: under model.norm_stats=running (the default) with the run's running averages, so
     each image's embedding is its own (embed one image or many alike); under `episode` or `support` with
-    the statistics of all the images passed in: embed a whole episode (support and query) at once.
+    the statistics of all the images passed in: embed a whole episode (support and query) at once. A MAML run
+    (learner=maml) embeds with its meta-parameters' backbone, before any adaptation, with the images' statistics.
     """
     run_dir = Path(run_dir)
     if not (run_dir / DONE).exists() or not (run_dir / PARAMS).exists():
@@ -89,16 +91,16 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if missing:
         raise DataError(f"{run_dir / SUMMARY} records no {' or '.join(missing)}, so its parameters cannot be "
                         "verified; retrain the run (train.resume=false)")
-    template = init_params(jax.random.key(0), config.model.channels, config.data.image_size)
+    learner = make_learner(config)
+    template = learner.init_params(jax.random.key(0))
     params = _read_params(run_dir / PARAMS, template, summary["params_sha256"])
     if not (run_dir / BATCH_STATS).exists():
         raise DataError(f"{run_dir} holds no {BATCH_STATS} (a run from before running averages were kept); retrain it")
-    batch_stats = _read_params(run_dir / BATCH_STATS, init_batch_stats(template), summary["batch_stats_sha256"])
-    running = batch_stats if config.model.norm_stats == "running" else None
+    batch_stats = _read_params(run_dir / BATCH_STATS, learner.init_running(template), summary["batch_stats_sha256"])
 
     @jax.jit
     def _embed(x: jax.Array) -> jax.Array:
-        return embed(params, x, running=running)
+        return learner.embed(params, x, batch_stats)
 
     def embed_images(images) -> jax.Array:
         images = jnp.asarray(images)

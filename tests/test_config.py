@@ -40,14 +40,19 @@ def test_test_shot_follows_train_shot_unless_overridden():
     assert config.task.test_shot == 5
 
 
+def learner_for(estimator: str) -> list[str]:
+    """The override an estimator needs to compose: first-order MAML needs a learner with an inner loop."""
+    return ["learner=maml"] if ESTIMATORS[estimator][0].FIRST_ORDER else []
+
+
 @pytest.mark.parametrize(
-    "group", ["estimator", "distance", "task", "model", "data", "hardware", "experiment"]
+    "group", ["estimator", "distance", "task", "model", "data", "hardware", "experiment", "learner"]
 )
 def test_every_shipped_option_composes_and_validates(group):
     options = group_options(group)
     assert options, f"no options in conf/{group}"
     for option in options:
-        configs = check_overrides([f"{group}={option}"])
+        configs = check_overrides([f"{group}={option}", *(learner_for(option) if group == "estimator" else [])])
         assert len(configs) == 1 and isinstance(configs[0], Config)
 
 
@@ -67,6 +72,15 @@ def test_round_trip_through_a_plain_mapping():
 
 
 BAD_INPUTS = [
+    (["learner=maml", "learner.inner_steps=0"], "learner.inner_steps=0 must be at least 1"),
+    (["learner=maml", "learner.test_inner_steps=-1"], "learner.test_inner_steps=-1 must be at least 1"),
+    (["learner=maml", "learner.inner_lr=0"], "learner.inner_lr=0 must be positive"),
+    (["learner=maml", "task.test_way=5"], "learner=maml needs task.test_way = task.train_way"),
+    (["learner=maml", "distance=cosine"], "distance.name=cosine is a ProtoNet setting"),
+    (["learner.inner_steps=2"], "learner.inner_steps is a setting of maml only"),
+    (["learner=reptile"], "learner=reptile is not an option; choose one of: maml, protonet"),
+    (["estimator=first_order"], "learner=protonet has no inner loop: choose learner=maml"),
+    (["learner=maml", "estimator=forward_mode"], "lower model.channels, learner.inner_steps or train.epochs"),
     (["task.train_way=5000"], "task.train_way=5000 exceeds the 4804 train classes"),
     (["task.test_way=700"], "task.test_way=700 exceeds the 676 test classes"),
     (["data.split=vinyals", "task.test_way=700"], "exceeds the 688 val classes"),
@@ -82,7 +96,7 @@ BAD_INPUTS = [
     (["train.epochs=abc"], "train.epochs='abc' must be an integer"),
     (["eval.test_episodes=0"], "eval.test_episodes=0"),
     (["model.channels=0"], "model.channels=0"),
-    (["estimator=adam_es"], "estimator=adam_es is not an option; choose one of: backprop, finite_diff, forward_mode, wsr"),
+    (["estimator=adam_es"], "estimator=adam_es is not an option; choose one of: backprop, finite_diff, first_order, forward_mode, wsr"),
     (["distance=manhattan"], "distance=manhattan is not an option"),
     (["hardware=tpu-v9"], "hardware=tpu-v9 is not an option"),
     (["experiment=quickstrat"], "experiment=quickstrat is not an option"),
@@ -163,7 +177,7 @@ def test_each_estimators_yaml_holds_what_its_config_declares(name):
     stored = yaml.safe_load((CONF / "estimator" / f"{name}.yaml").read_text())
     assert stored.pop("estimator") == dataclasses.asdict(config())
     assert stored == config.TOP_LEVEL
-    (composed,) = check_overrides([f"estimator={name}"])
+    (composed,) = check_overrides([f"estimator={name}", *learner_for(name)])
     assert composed.estimator == config()
 
 

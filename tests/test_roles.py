@@ -11,6 +11,7 @@ from esmeta import rules
 from esmeta.checkpoint import RESUMABLE_CHANGES
 from esmeta.config import SECTIONS, Config
 from esmeta.estimators import ESTIMATORS
+from esmeta.learners import LEARNERS
 from esmeta.prelaunch import check_overrides
 from esmeta.roles import (
     differs_from_defaults,
@@ -29,7 +30,8 @@ def declared() -> dict[str, str]:
     """Every setting's role, read straight from the dataclass fields' metadata."""
     out = {f.name: f.metadata["role"] for f in dataclasses.fields(Config) if f.name not in SECTIONS}
     for name in SECTIONS:
-        classes = [c for c, _ in ESTIMATORS.values()] if name == "estimator" else [type(getattr(Config(), name))]
+        classes = {"estimator": [c for c, _ in ESTIMATORS.values()], "learner": list(LEARNERS.values())}.get(
+            name, [type(getattr(Config(), name))])
         for cls in classes:
             out |= {f"{name}.{f.name}": f.metadata["role"] for f in dataclasses.fields(cls)}
     return out
@@ -72,11 +74,11 @@ def test_runs_differing_only_in_norm_stats_never_share_a_cell():
     assert differs_from_defaults(episode) == {"model.norm_stats": "episode"}
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("name", sorted(n for n, (cls, _) in ESTIMATORS.items() if not cls.FIRST_ORDER))
 def test_an_estimators_defaults_are_what_the_command_line_composes(name):
     (composed,) = check_overrides([f"estimator={name}"])
     reference = estimator_defaults(name)
-    for key in (*settings_with_role("result", name), *settings_with_role("budget", name)):
+    for key in (*settings_with_role("result", name, "protonet"), *settings_with_role("budget", name)):
         assert value_of(composed, key) == value_of(reference, key), key
 
 
@@ -86,3 +88,12 @@ def test_differences_name_only_result_settings_the_estimator_reads():
     assert differs_from_defaults(wsr) == {"alpha": 10.0, "estimator.pop_per_shard": 64}
     (backprop,) = check_overrides(["estimator=backprop", "sigma=0.5", "task=5way_1shot"])  # wsr's sigma: unread
     assert differs_from_defaults(backprop) == {"task.train_way": 5, "task.shot": 1, "task.test_shot": 1}
+
+
+def test_a_maml_run_differs_by_its_learner_and_its_learners_settings_count_against_maml_defaults():
+    """A MAML run is never a default (ProtoNet) experiment; its inner loop is a difference only where it departs
+    from MAML's own defaults."""
+    (default,) = check_overrides(["learner=maml", "estimator=first_order"])
+    assert differs_from_defaults(default) == {"learner.name": "maml", "task.test_way": 20}
+    (longer,) = check_overrides(["learner=maml", "estimator=first_order", "learner.inner_steps=5"])
+    assert differs_from_defaults(longer) == {"learner.name": "maml", "task.test_way": 20, "learner.inner_steps": 5}

@@ -34,6 +34,7 @@ from esmeta.estimators.base import (
     fitness_from_loss,
 )
 from esmeta.estimators.finite_diff import FiniteDiffConfig, make_finite_diff
+from esmeta.estimators.first_order import FirstOrderConfig, make_first_order
 from esmeta.estimators.forward_mode import ForwardModeConfig, make_forward_mode
 from esmeta.estimators.wsr import WsrConfig, make_wsr
 from esmeta.rules import Namer
@@ -48,6 +49,7 @@ ESTIMATORS: dict[str, tuple[type[EstimatorConfig], Factory]] = {
         (WsrConfig, make_wsr),
         (FiniteDiffConfig, make_finite_diff),
         (ForwardModeConfig, make_forward_mode),
+        (FirstOrderConfig, make_first_order),
     )
 }
 POPULATION_ESTIMATORS = tuple(name for name, (config, _) in ESTIMATORS.items() if config.POPULATION)
@@ -59,6 +61,7 @@ __all__ = [
     "EstimateFn",
     "EstimatorConfig",
     "FiniteDiffConfig",
+    "FirstOrderConfig",
     "ForwardModeConfig",
     "LossFn",
     "WsrConfig",

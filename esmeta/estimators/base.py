@@ -41,6 +41,7 @@ class EstimatorConfig:
     NAME: ClassVar[str] = ""  # set by each estimator's subclass; the registry (esmeta.estimators) lists them
     POPULATION: ClassVar[bool] = False  # evaluates a population of candidates (wsr, finite_diff); else exact
     TOP_LEVEL: ClassVar[dict[str, float]] = {}  # the top-level settings it reads, with the defaults its YAML sets
+    FIRST_ORDER: ClassVar[bool] = False  # differentiates a loss whose inner-loop gradients are constants (MAML's FO)
 
     name: str = setting("", "result")
     optimizer: str = setting("adam", "result")
