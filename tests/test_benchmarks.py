@@ -164,3 +164,21 @@ def test_accelerator_check_help_says_every_check_and_option() -> None:
     for part in ("check=throughput", "check=precision", "check=table1", "--episodes", "--quick", "--out"):
         assert part in proc.stdout, f"accelerator_check.py --help does not mention {part}"
     assert "`--quick` (the test suite, on CPU) shrinks every part" in proc.stdout  # the description's last sentence
+
+
+def test_memory_vs_inner_steps_quick(tmp_path, omniglot32):
+    """MAML's outer step: second order keeps every inner step (its memory grows with K); first order, ES and finite
+    differences keep one step's activations and forward mode carries tangents, never the steps. First order and ES
+    stay flat within 10%; finite differences and forward mode do not grow (K = 1 compiles to a slightly larger
+    working set than the scan of K > 1 for them)."""
+    lines = run_quick("memory_vs_inner_steps.py", tmp_path)
+    peak = {(r["estimator"], r["inner_steps"]): r["peak_bytes"] for r in lines}
+    names = ("second_order", "first_order", "forward_mode", "wsr", "finite_diff")
+    assert set(peak) == {(name, k) for name in names for k in (1, 5, 20)}
+    assert peak["second_order", 1] < peak["second_order", 5] < peak["second_order", 20]
+    assert peak["second_order", 20] > 3 * peak["second_order", 1]
+    for name in ("first_order", "wsr"):
+        values = [peak[name, k] for k in (1, 5, 20)]
+        assert max(values) <= 1.1 * min(values), (name, values)
+    for name in ("finite_diff", "forward_mode"):
+        assert max(peak[name, 5], peak[name, 20]) <= 1.1 * peak[name, 1], name
