@@ -33,6 +33,7 @@ from _data import add_data_args, run_main, train_images
 from _memory import compiled_memory
 
 from esmeta import estimators, maml
+from esmeta.provenance import provenance
 from esmeta.data.episodes import sample_episode
 
 WAY, SHOT, QUERY, SIZE, INNER_LR = 5, 1, 1, 28, 0.4
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     images = jax.device_put(train_images(args, SIZE))
     episode = sample_episode(jax.random.key(0), images, WAY, SHOT, QUERY)
     params = maml.init_params(jax.random.key(1), channels, SIZE, WAY)
+    made = provenance()  # the commit and machine behind the numbers (make_tables prints them)
     common = {"backend": jax.default_backend(), "jax": jax.__version__, "cores": len(os.sched_getaffinity(0)),
+              "commit": made["commit"], "dirty": made["dirty"], "processor": made["machine"]["processor"],
               "channels": channels, "params": sum(x.size for x in jax.tree.leaves(params)), "way": WAY, "shot": SHOT,
               "query": QUERY, "image_size": SIZE}
     rows = []
