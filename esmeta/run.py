@@ -168,17 +168,20 @@ def dry_run(overrides: Sequence[str], multirun: bool = False, estimate: bool = F
 
     plan = plan_jobs(overrides, multirun)
     costs = _estimates(plan) if estimate else None
-    default_name = plan_jobs([]).jobs[0].config.estimator.name
-    references: dict[str, dict[str, Any]] = {}  # estimator -> the configuration `estimator=<it>` composes alone
+    default = plan_jobs([]).jobs[0].config
+    references: dict[tuple[str, str], dict[str, Any]] = {}  # (estimator, learner) -> what they compose alone
 
     def differences(config: Config) -> str:
-        """The job's settings that differ from its estimator's defaults (the estimator named where not the default)."""
-        name = config.estimator.name
-        if name not in references:
-            references[name] = _flat(plan_jobs([f"estimator={name}"]).jobs[0].config.to_dict())
-        chosen = [f"estimator.name={name}"] if name != default_name else []
+        """The job's settings that differ from its estimator's and learner's defaults (each named where not the
+        default)."""
+        key = config.estimator.name, config.learner.name
+        if key not in references:
+            references[key] = _flat(plan_jobs([f"estimator={key[0]}", f"learner={key[1]}"]).jobs[0].config.to_dict())
+        chosen = [f"{section}.name={name}" for section, name, default_name in (
+            ("estimator", key[0], default.estimator.name), ("learner", key[1], default.learner.name))
+            if name != default_name]
         return " ".join(chosen + [f"{k}={v}" for k, v in _flat(config.to_dict()).items()
-                                  if k != "estimator.name" and references[name].get(k) != v])
+                                  if k not in ("estimator.name", "learner.name") and references[key].get(k) != v])
 
     what = "job" if plan.total == 1 else "jobs"
     lines = [f"dry run: {plan.total} {what} -> {plan.out} (nothing runs, nothing is written)"]

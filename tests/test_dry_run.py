@@ -42,6 +42,14 @@ def test_the_dry_run_writes_nothing_and_runs_nothing(tmp_path: Path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_maml_dry_run_names_its_learner_against_that_learners_defaults(tmp_path: Path):
+    proc = run_cli("--dry-run", "-m", "learner=maml", "estimator=first_order,wsr", "learner.inner_steps=5",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    differs = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if "differs from the defaults" in line]
+    assert differs == [f"estimator.name={name} learner.name=maml learner.inner_steps=5" for name in ("first_order", "wsr")]
+
+
 def test_a_bad_combination_is_refused_before_anything_runs(tmp_path: Path):
     """Each value is fine alone (finite_diff probes 1 coordinate a shard; wsr takes 4): only (wsr, 1) is not."""
     sweep = tmp_path / "sweep"
