@@ -65,8 +65,8 @@ def run(argv: list[str] | None) -> int:
                      and not ("maml" in names and not maml_going.empty)):
         cli.require_runs(results)  # no usable run where one is needed: the error names the skipped runs
     cli.report_skipped(PROG, results)
-    out = cli.out_dir(args, "tables")  # checked before anything is printed or written
     benchmark = cli.read_memory(memory[0]) if "maml_memory" in names else None
+    out = cli.out_dir(args, "tables")  # checked before anything is printed or written
 
     documents: dict[str, tuple[str, str, object]] = {}  # name -> (markdown, latex, csv frame)
     for key in names:
