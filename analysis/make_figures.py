@@ -63,7 +63,8 @@ def run(argv: list[str] | None) -> int:
     benchmark = cli.read_memory(memory_path) if "maml_memory" in keys else None
     print(f"{cli.describe(results)}.")
     out = cli.out_dir(args, "figures")
-    outcomes = make_figures(paper_results, entries, out, [k for k in keys if k in SPECS])
+    paper_keys = [k for k in keys if k in SPECS]
+    outcomes = make_figures(paper_results, entries, out, paper_keys) if paper_keys else []
     for outcome in outcomes:
         print(outcome.report(entries[outcome.key].command))
     if benchmark is not None:
