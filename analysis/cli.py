@@ -1,7 +1,8 @@
 """What `make_tables` and `make_figures` share: arguments, loading a source, one-line errors.
 
 Bad input (a missing results directory, one with no complete run, an unknown source, W&B without
---entity/--project, an unknown table or figure name) raises `UsageError`; `main` prints it as
+--entity/--project, an unknown table or figure name, a missing or malformed memory benchmark file) raises
+`UsageError`; `main` prints it as
 `<prog>: error: <message>` on stderr and returns 2, before anything is written.
 """
 
@@ -11,7 +12,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+import pandas as pd
 
 from esmeta.errors import first_line
 
@@ -51,6 +54,9 @@ def build_parser(prog: str, description: str, out_name: str, only: Sequence[str]
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"only these ({', '.join(only)})")
     parser.add_argument("--manifest", type=Path, metavar="FILE",
                         help="sweep manifest (default: sweeps/manifest.yaml; built-in defaults without it)")
+    parser.add_argument("--memory-jsonl", type=Path, metavar="FILE",
+                        help="the MAML memory benchmark's output, for maml_memory (default: "
+                             "DIR/memory_vs_inner_steps.jsonl under --results, used where it exists)")
     return parser
 
 
@@ -119,9 +125,10 @@ def write_outputs(out: Path, files: dict[str, Callable[[Path], object]]) -> None
         raise UsageError(f"cannot write {path} ({e.strerror or e}); pass --out <a writable directory>") from None
 
 
-def load_source(args: argparse.Namespace, history_keys: tuple[str, ...] | None = None) -> Results:
+def load_source(args: argparse.Namespace, history_keys: tuple[str, ...] | None = None, require: bool = True
+                ) -> Results:
     """The runs of the chosen source (from W&B, only the history columns `history_keys`); no complete run at all
-    is a usage error."""
+    is a usage error (with `require=False`, the caller decides)."""
     if args.source == "local":
         results = load_results(args.results)
     else:
@@ -132,7 +139,8 @@ def load_source(args: argparse.Namespace, history_keys: tuple[str, ...] | None =
         except Exception as e:  # network, auth, unknown project: report, never a traceback
             raise UsageError(f"could not read W&B project {args.entity}/{args.project}: "
                              f"{type(e).__name__}: {first_line(e)}") from None
-    require_runs(results)
+    if require:
+        require_runs(results)
     return results
 
 
@@ -145,11 +153,46 @@ def require_runs(results: Results, shown: int = 3) -> None:
         raise UsageError(f"no complete runs in {results.source} (a run is complete once it writes `done`){detail}")
 
 
+def split_maml(results: Results) -> tuple[Results, pd.DataFrame, pd.DataFrame]:
+    """(the results less the MAML runs, for the paper's tables and figures; the MAML runs; those in progress)."""
+    from dataclasses import replace
+
+    from .maml import is_maml
+
+    runs, going = results.runs, results.in_progress
+    maml, maml_going = is_maml(runs), is_maml(going)
+    paper = replace(results, runs=runs[~maml].reset_index(drop=True),
+                    in_progress=going[~maml_going].reset_index(drop=True) if not going.empty else going)
+    return paper, runs[maml], going[maml_going] if not going.empty else going
+
+
+def memory_jsonl(args: argparse.Namespace) -> tuple[Path | None, bool]:
+    """(the MAML memory benchmark's file, whether it was asked for): --memory-jsonl, else the default beside the
+    results (None with neither)."""
+    from .maml_memory import JSONL_NAME
+
+    if args.memory_jsonl is not None:
+        return args.memory_jsonl, True
+    return (None if args.results is None else args.results / JSONL_NAME), False
+
+
+def read_memory(path: Path | None) -> Any:
+    """The benchmark's records (`maml_memory.read_memory`); a missing or malformed file is a UsageError."""
+    from .maml_memory import JSONL_NAME, read_memory
+
+    if path is None:
+        raise UsageError(f"maml_memory needs --memory-jsonl FILE (or --results DIR holding {JSONL_NAME})")
+    try:
+        return read_memory(path)
+    except ValueError as e:
+        raise UsageError(f"maml_memory: {e}") from None
+
+
 def describe(results: Results) -> str:
     """One line: how many runs, by status, how many were skipped and how many curves left out."""
-    counts = results.runs["status"].value_counts()
+    counts = results.runs["status"].value_counts() if not results.runs.empty else pd.Series(dtype=int)
     parts = ", ".join(f"{counts[s]} {s}" for s in counts.index)
-    line = f"{count(len(results.runs), 'run')} from {results.source} ({parts})"
+    line = f"{count(len(results.runs), 'run')} from {results.source}" + (f" ({parts})" if parts else "")
     if results.skipped:
         line += f"; {count(len(results.skipped), 'run')} skipped"
     if results.curveless:
@@ -172,16 +215,18 @@ def report_skipped(prog: str, results: Results) -> None:
 
 def prepare(
     prog: str, description: str, out_name: str, only: Sequence[str], argv: list[str] | None,
-    history_keys: tuple[str, ...] | None = None,
+    history_keys: tuple[str, ...] | None = None, require: bool = True,
 ) -> tuple[argparse.Namespace, dict[str, Entry], Results]:
     """What both scripts do first: parse and check the arguments, read the manifest, load the runs (with the
-    history columns `history_keys`, for W&B) and list the skipped ones on stderr. Returns (args, manifest
-    entries, results)."""
+    history columns `history_keys`, for W&B) and list the skipped ones on stderr; with `require=False`, checking
+    that there are runs and listing the skipped ones are the caller's (`require_runs`, `report_skipped`).
+    Returns (args, manifest entries, results)."""
     args = build_parser(prog, description, out_name, only).parse_args(argv)
     check_args(args, only)
     entries = manifest(args.manifest)
-    results = load_source(args, history_keys)
-    report_skipped(prog, results)
+    results = load_source(args, history_keys, require=require)
+    if require:  # otherwise the caller reports them once it has checked what it needs
+        report_skipped(prog, results)
     return args, entries, results
 
 

@@ -24,7 +24,8 @@ Columns of `Results.runs` (one row per run):
   train_way, shot, query, test_way, test_shot, test_query, epochs, episodes_per_epoch
   effective_population, effective_pop_per_shard, effective_shards   what actually ran (smaller under scale=smoke)
   test_accuracy, test_accuracy_std (ddof=1 over test episodes), test_accuracy_ci95, test_episodes,
-  best_val_accuracy, final_val_accuracy, episodes, stopped_by_budget, wall_time_s, num_params, backend
+  best_val_accuracy, final_val_accuracy, episodes, stopped_by_budget, wall_time_s, cpu_seconds (of every process
+  that trained it; NaN where not recorded), num_params, backend
   max_minutes, budget_clock                        the time budget (train.max_minutes, 0 = none) and its clock
   budget                                           the requested budget as text ("20,000 episodes requested", "at
                                                        most 6 cpu-clock minutes", "scale=cpu")
@@ -70,6 +71,7 @@ SUMMARY_FLOATS = (
     "best_val_accuracy",
     "final_val_accuracy",
     "wall_time_s",
+    "cpu_seconds",
 )
 SUMMARY_INTS = ("test_episodes", "episodes", "num_params")
 NON_FINITE_TEXT = ("nan", "inf", "-inf", "infinity", "-infinity")  # how some JSON writers spell NaN
@@ -79,6 +81,7 @@ SUMMARY_RANGES = {
     **{key: (0.0, 1.0, False) for key in ("test_accuracy", "test_accuracy_std", "test_accuracy_ci95",
                                           "best_val_accuracy", "final_val_accuracy")},
     "wall_time_s": (0.0, math.inf, False),
+    "cpu_seconds": (0.0, math.inf, False),
     "test_episodes": (1, math.inf, True),
     "episodes": (0, math.inf, True),
     "num_params": (1, math.inf, True),

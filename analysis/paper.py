@@ -5,8 +5,10 @@ The tables are the project's own copy of `shared/paper/tables/*.csv`, shipped as
 numbers print exactly as printed in the paper ("0.62", "5e-3"), never re-rounded.
 
 The manifest (`sweeps/manifest.yaml`) names, for each table and figure, the sweep that produces its
-runs (`python -m esmeta.run sweep=<name>`), the paper CSV and a title. Without the file, the
-defaults below say the same.
+runs (`python -m esmeta.run sweep=<name>`) or, for a measurement that is no sweep, the `command` that
+does, the paper CSV and a title. Without the file, the defaults below say the same. Beyond the paper:
+`maml` (our MAML runs beside Finn et al. 2017, `maml_finn2017.csv`) and `maml_memory` (the MAML memory
+benchmark's table and figure).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ DEFAULT_MANIFEST: dict[str, dict[str, str]] = {
     "figure3": {"sweep": "figure3", "title": "Modifying finite differences (cosine similarity) learning rate"},
     "figure4": {"sweep": "figure4", "title": "One-shot versus five-shot learning for v3-256 TPU"},
     "figure5": {"sweep": "figure5", "title": "Evolution strategy versus finite differences"},
+    "maml": {"sweep": "maml", "paper": "maml_finn2017.csv", "title": "Omniglot, outer-gradient estimators"},
+    "maml_memory": {
+        "command": "python benchmarks/memory_vs_inner_steps.py > results/maml/memory_vs_inner_steps.jsonl",
+        "title": "Peak memory of a MAML outer step against inner steps",
+    },
 }
 
 
@@ -54,14 +61,15 @@ class Entry:
     """One manifest entry: the sweep that produces a table's or figure's runs."""
 
     key: str
-    sweep: str
+    sweep: str | None
     title: str
     paper: str | None = None
+    run: str | None = None  # the command that produces its input where that is no sweep (a benchmark)
 
     @property
     def command(self) -> str:
-        """The command that runs this entry's sweep."""
-        return f"python -m esmeta.run sweep={self.sweep}"
+        """The command that runs this entry's sweep (or produces its input)."""
+        return self.run or f"python -m esmeta.run sweep={self.sweep}"
 
 
 def load_manifest(path: Path | None = None) -> dict[str, Entry]:
@@ -80,8 +88,9 @@ def load_manifest(path: Path | None = None) -> dict[str, Entry]:
             merged.setdefault(str(key), {}).update({k: str(v) for k, v in value.items() if v is not None})
     entries = {}
     for key, value in merged.items():
-        sweep = value.get("sweep", key)
-        entries[key] = Entry(key=key, sweep=sweep, title=value.get("title", key), paper=value.get("paper"))
+        sweep = value.get("sweep", None if "command" in value else key)
+        entries[key] = Entry(key=key, sweep=sweep, title=value.get("title", key), paper=value.get("paper"),
+                             run=value.get("command"))
     return entries
 
 

@@ -22,19 +22,39 @@ POINTS = sorted(p.stem for p in (CONF / "point").glob("*.yaml"))
 
 
 def test_there_is_one_sweep_per_table_and_figure_and_the_manifest_names_them():
-    expected = [f"table{i}" for i in range(1, 8)] + [f"figure{i}" for i in range(1, 6)]
+    """A sweep per paper table and figure, and the MAML table's; the manifest names each, and the MAML memory
+    figure's benchmark command (a measurement, no sweep)."""
+    expected = [f"table{i}" for i in range(1, 8)] + [f"figure{i}" for i in range(1, 6)] + ["maml"]
     assert sorted(expected) == SWEEP_NAMES
     manifest = yaml.safe_load((SWEEPS / "manifest.yaml").read_text())
-    assert sorted(manifest) == sorted(expected)
+    assert sorted(manifest) == sorted([*expected, "maml_memory"])
     for name, entry in manifest.items():
-        assert entry["sweep"] in SWEEP_NAMES, name
+        if name == "maml_memory":
+            assert "sweep" not in entry and entry["command"].startswith("python benchmarks/memory_vs_inner_steps.py")
+        else:
+            assert entry["sweep"] in SWEEP_NAMES, name
 
 
 @pytest.mark.parametrize("name", SWEEP_NAMES)
 def test_every_sweep_composes_into_valid_configs(name):
     configs = check_overrides([f"sweep={name}"])
-    points = {c.to_dict()["estimator"]["name"] for c in configs}
-    assert configs and points <= {"wsr", "finite_diff", "backprop"}
+    estimators = {c.estimator.name for c in configs}
+    learners = {c.learner.name for c in configs}
+    if name == "maml":  # MAML's outer estimators, first-order MAML among them (it needs the inner loop)
+        assert configs and learners == {"maml"} and estimators == {"backprop", "first_order", "wsr"}
+    else:
+        assert configs and learners == {"protonet"} and estimators <= {"wsr", "finite_diff", "backprop"}
+
+
+def test_maml_sweep_is_two_points_by_three_estimators():
+    """The MAML table's grid: 5-way and 20-way 1-shot on Vinyals' split at 28 px, each with second-order, first-order
+    and ES outer gradients, at the points' 10,000 episodes (the ES time budget is given on the command line)."""
+    configs = check_overrides(["sweep=maml"])
+    got = sorted((c.task.train_way, c.task.shot, c.estimator.name) for c in configs)
+    assert got == sorted((way, 1, e) for way in (5, 20) for e in ("backprop", "first_order", "wsr"))
+    for c in configs:
+        assert (c.data.split, c.data.image_size, c.model.channels, c.task.test_way) == ("vinyals", 28, 32, c.task.train_way)
+        assert (c.train.epochs * c.train.episodes_per_epoch, c.train.max_minutes) == (10_000, 0)
 
 
 def test_table2_sweep_is_the_papers_four_alpha_sigma_pairs():
