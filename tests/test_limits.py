@@ -22,7 +22,7 @@ from esmeta.estimators import make_estimator
 from esmeta.hardware import make_mesh
 from esmeta.metrics import episode_keys, make_evaluator, metrics_fn
 from esmeta.prelaunch import check_overrides
-from esmeta.protonet import init_batch_stats, init_params
+from esmeta.protonet import init_batch_stats, init_params, update_running
 from esmeta.scale import scaled
 from esmeta.train import make_optimizer, make_train_step
 
@@ -124,7 +124,7 @@ def test_the_memory_formula_is_a_lower_bound_within_a_small_factor_of_xlas_analy
     estimate = make_estimator(run.estimator, config.sigma, lambda p, ep: train_metrics(p, ep)[0], None, 1)
     optimizer = make_optimizer(config.alpha, run.estimator)
     sample = partial(sample_episode, images=images, way=t.train_way, shot=t.shot, query=t.query)
-    step = make_train_step(estimate, optimizer, sample, train_metrics).lower(
+    step = make_train_step(estimate, optimizer, sample, train_metrics, update_running).lower(
         params, optimizer.init(params), init_batch_stats(params), jax.random.key(1)).compile()
     xla_step = memory.compiled_bytes(step) - images.size  # the formula counts every split's images apart
     assert need.state + need.step <= xla_step <= 4 * (need.state + need.step), (need, xla_step)

@@ -127,7 +127,7 @@ def test_the_training_step_updates_the_running_averages_at_the_mean_parameters()
     key = jax.random.key(7)
     episode = sample(jax.random.split(key)[0])
     want = update_running(running, metrics(params, episode)[2])
-    step = make_train_step(estimate, optimizer, sample, metrics)
+    step = make_train_step(estimate, optimizer, sample, metrics, update_running)
     new_params, _, got, _ = step(params, optimizer.init(params), running, key)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # the same computation, jitted vs not

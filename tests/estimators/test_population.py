@@ -25,6 +25,7 @@ SETTINGS = {  # small settings per estimator, for the conformance tests
     "wsr": {"pop_per_shard": 4, "antithetic": True},
     "finite_diff": {"pop_per_shard": 4},
     "forward_mode": {"chunk_size": 5},  # 17 parameters: three blocks of 5 tangents and a remainder of 2
+    "first_order": {},  # backprop's estimate (the learner stops the inner gradients in the loss it hands over)
 }
 # The tiny_protonet fixture's network (tests/estimators/conftest.py); the 8-device subprocess rebuilds its loss from this.
 NET = {"way": 3, "distance": "euclidean", "scale": 1.0, "norm_stats": "episode"}
