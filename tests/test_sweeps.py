@@ -48,13 +48,13 @@ def test_every_sweep_composes_into_valid_configs(name):
 
 def test_maml_sweep_is_two_points_by_three_estimators():
     """The MAML table's grid: 5-way and 20-way 1-shot on Vinyals' split at 28 px, each with second-order, first-order
-    and ES outer gradients, at the points' 10,000 episodes (the ES time budget is given on the command line)."""
+    and ES outer gradients, at the points' 20,000 episodes (the ES time budget is given on the command line)."""
     configs = check_overrides(["sweep=maml"])
     got = sorted((c.task.train_way, c.task.shot, c.estimator.name) for c in configs)
     assert got == sorted((way, 1, e) for way in (5, 20) for e in ("backprop", "first_order", "wsr"))
     for c in configs:
         assert (c.data.split, c.data.image_size, c.model.channels, c.task.test_way) == ("vinyals", 28, 32, c.task.train_way)
-        assert (c.train.epochs * c.train.episodes_per_epoch, c.train.max_minutes) == (10_000, 0)
+        assert (c.train.epochs * c.train.episodes_per_epoch, c.train.max_minutes) == (20_000, 0)
 
 
 def test_table2_sweep_is_the_papers_four_alpha_sigma_pairs():
