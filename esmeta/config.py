@@ -179,26 +179,21 @@ def _section_class(name: str, values: Mapping[str, Any]) -> type:
     return config_class(rules.coerce("estimator.name", values.get("name", Config().estimator.name), "str"))
 
 
-def not_read_message(key: str, estimator: str | None = None) -> str | None:
-    """The one line for an estimator setting `key` (dotted) that the running estimator does not read, naming the
-    estimators that do; None when no estimator reads it."""
+def not_read_message(key: str, running: str | None = None) -> str | None:
+    """The one line for an estimator or learner setting `key` (dotted) that the running one (`running`, the name of
+    the estimator or learner this command chose) does not read, naming those that do; None when none reads it."""
     section, _, setting_name = key.partition(".")
-    if section == "learner":
-        return _learner_not_read(setting_name, estimator)
-    who = readers(setting_name) if section == "estimator" else []
+    if section == "estimator":
+        who = readers(setting_name)
+    elif section == "learner":
+        who = [name for name, cls in LEARNERS.items() if setting_name in cls.__dataclass_fields__]
+    else:
+        who = []
     if not who:
         return None
-    running = f"estimator={estimator}" if estimator else "the estimator this command runs"
-    return (f"{key} is a setting of {' and '.join(who)} only ({running} does not read it): drop it, or choose "
-            f"{'that estimator' if len(who) == 1 else 'one of them'} (estimator={who[0]})")
-
-
-def _learner_not_read(key: str, learner: str | None) -> str | None:
-    who = [name for name, cls in LEARNERS.items() if key in cls.__dataclass_fields__]
-    if not who:
-        return None
-    return (f"learner.{key} is a setting of {' and '.join(who)} only (learner={learner or 'protonet'} does not read "
-            f"it): drop it, or choose learner={who[0]}")
+    chosen = f"{section}={running}" if running else f"the {section} this command runs"
+    return (f"{key} is a setting of {' and '.join(who)} only ({chosen} does not read it): drop it, or choose "
+            f"{f'that {section}' if len(who) == 1 else 'one of them'} ({section}={who[0]})")
 
 
 def _build_section(name: str, values: Any) -> Any:
