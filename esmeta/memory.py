@@ -74,13 +74,11 @@ def needs(config: Config, shards: int, devices: int = 1, platform: str = "cpu") 
 
     run = scaled(config)
     t, e, s, c = run.task, run.estimator, config.data.image_size, config.model.channels
-    p = num_params(c, s)
+    maml = config.learner.name == "maml"
+    p = parameter_count(c, s, t.train_way) if maml else num_params(c, s)  # MAML: the head's parameters too
     rows = activation_bytes(t.train_way * (t.shot + t.query), s, c)
-    if config.learner.name == "maml":  # the head's parameters too; second-order MAML (backprop through the inner
-        # loop) keeps each inner step's support activations for the outer backward pass
-        p = parameter_count(c, s, t.train_way)
-        if e.name == "backprop":
-            rows += config.learner.inner_steps * activation_bytes(t.train_way * t.shot, s, c)
+    if maml and e.name == "backprop":  # second order keeps each inner step's support activations for the outer pass
+        rows += config.learner.inner_steps * activation_bytes(t.train_way * t.shot, s, c)
     moments = 2 if e.optimizer == "adam" else 0
     together, population = 1, 0  # candidates evaluated at once; bytes of the population's arrays
     if e.is_es:
