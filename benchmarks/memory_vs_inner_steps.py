@@ -33,8 +33,8 @@ from _data import add_data_args, run_main, train_images
 from _memory import compiled_memory
 
 from esmeta import estimators, maml
-from esmeta.provenance import provenance
 from esmeta.data.episodes import sample_episode
+from esmeta.provenance import provenance
 
 WAY, SHOT, QUERY, SIZE, INNER_LR = 5, 1, 1, 28, 0.4
 NAMES = ("second_order", "first_order", "forward_mode", "wsr", "finite_diff")

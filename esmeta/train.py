@@ -31,6 +31,7 @@ from esmeta.data.omniglot import check_zips
 from esmeta.errors import EsmetaError, RunStopped
 from esmeta.estimators import EstimatorConfig, make_estimator
 from esmeta.hardware import configure_backend, make_mesh
+from esmeta.learners import make_learner
 from esmeta.memory import check_memory
 from esmeta.metrics import (
     EXACT_DROPPED,
@@ -43,7 +44,6 @@ from esmeta.metrics import (
     mean_metrics,
     metrics_fn,
 )
-from esmeta.learners import make_learner
 from esmeta.protonet import num_params
 from esmeta.provenance import provenance, versions
 from esmeta.record import record

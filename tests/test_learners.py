@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import numpy as np
 import pytest
@@ -37,7 +39,7 @@ def test_maml_trains_and_tests_under_every_outer_estimator(estimator, tmp_path, 
 
 def test_the_parameter_count_rule_counts_what_init_builds():
     for channels, size, way in ((4, 32, 5), (32, 28, 20), (64, 32, 5)):
-        shapes = jax.eval_shape(lambda k: maml.init_params(k, channels, size, way), jax.random.key(0))
+        shapes = jax.eval_shape(partial(maml.init_params, channels=channels, image_size=size, way=way), jax.random.key(0))
         assert maml.parameter_count(channels, size, way) == sum(x.size for x in jax.tree.leaves(shapes))
 
 
