@@ -3,6 +3,8 @@
 For channels 16, 32, 64 and populations 64, 256, 1024, on one fixed real 10-way 5-shot (+5 query)
 32x32 episode, prints one JSON line per (channels, population, impl):
   impl=esmeta      the jitted wsr estimate (fitnesses + the weighted sum of regenerated noise), as training runs it
+  impl=esmeta_own_episodes  the same population over 8 shards, each on its own episode (estimator.shard_episodes=own;
+                   target: at least 0.8x impl=esmeta's rate, since each candidate still evaluates one episode)
   impl=naive_vmap  what evosax / EvoJAX users write: the (population x params) noise matrix, then
                    jax.vmap of the flax ProtoNet loss over candidate parameters with the episode shared.
                    It is measured on min(population, --naive-cap) candidates (the full vmap at 64 channels and
@@ -32,6 +34,7 @@ from esmeta.provenance import matmul_peak_gflops
 
 WAY, SHOT, QUERY, SIZE = 10, 5, 5, 32
 SIGMA = 0.01
+OWN_SHARDS = 8  # shards of the esmeta_own_episodes rows, as the paper's v3-8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,10 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fixed_episode(args: argparse.Namespace):
-    """The one real 10-way 5-shot 5-query 32x32 episode (key 0) of the paper split's train classes."""
+def fixed_episode(args: argparse.Namespace, key: int = 0):
+    """One real 10-way 5-shot 5-query 32x32 episode (key 0 unless told) of the paper split's train classes."""
     train = train_images(args, SIZE)
-    return jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(0), train, WAY, SHOT, QUERY)
+    return jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(key), train, WAY, SHOT, QUERY)
+
+
+def stacked_episodes(args: argparse.Namespace, shards: int = OWN_SHARDS):
+    """Episodes of keys 0 .. shards-1 stacked on a leading axis, one per shard, as `shard_episodes=own` takes them."""
+    return jax.tree.map(lambda *x: jnp.stack(x), *[fixed_episode(args, k) for k in range(shards)])
 
 
 def fast_loss():
@@ -54,11 +62,11 @@ def fast_loss():
     return make_loss_fn(way=WAY, distance="euclidean", scale=1.0, norm_stats="episode")
 
 
-def wsr_estimate(loss, population: int):
-    """The jitted wsr estimate(key, params, episode) of `population` candidates (one shard) at SIGMA, as training
-    runs it: the config's defaults (z-scored fitnesses, independent candidates, full float32 fitnesses)."""
-    config = WsrConfig(optimizer="sgd", pop_per_shard=population)
-    return jax.jit(make_estimator(config, SIGMA, loss, None, 1))
+def wsr_estimate(loss, population: int, shards: int = 1, shard_episodes: str = "shared"):
+    """The jitted wsr estimate(key, params, batch) of `population` candidates over `shards` shards at SIGMA, as
+    training runs it: the config's defaults (z-scored fitnesses, independent candidates, full float32 fitnesses)."""
+    config = WsrConfig(optimizer="sgd", pop_per_shard=population // shards, shard_episodes=shard_episodes)
+    return jax.jit(make_estimator(config, SIGMA, loss, None, shards))
 
 
 def forward_flops(channels: int, n_images: int = WAY * (SHOT + QUERY), size: int = SIZE) -> float:
@@ -103,8 +111,10 @@ def rate_row(channels: int, population: int, impl: str, n: int, seconds: float, 
             "share_of_matmul_peak": round(gflops / peak, 4), **common}
 
 
-def measure(channels: int, populations, episode, args: argparse.Namespace, peak: float, common: dict) -> list[dict]:
-    """The esmeta and naive_vmap rows (printed as JSON lines) of one channel count at each population."""
+def measure(channels: int, populations, episode, args: argparse.Namespace, peak: float, common: dict,
+            stacked=None) -> list[dict]:
+    """The esmeta, naive_vmap and (given `stacked` episodes) esmeta_own_episodes rows, as JSON lines, of one
+    channel count at each population."""
     rows = []
     mu = init_params(jax.random.key(1), channels, SIZE)
     flat, unravel = ravel_pytree(mu)
@@ -113,6 +123,9 @@ def measure(channels: int, populations, episode, args: argparse.Namespace, peak:
     for population in populations:
         estimate = wsr_estimate(loss, population)
         seconds = best_seconds(lambda estimate=estimate: estimate(jax.random.key(2), mu, episode), args.repeats)
+        if stacked is not None:
+            own = wsr_estimate(loss, population, OWN_SHARDS, "own")
+            own_seconds = best_seconds(lambda own=own: own(jax.random.key(2), mu, stacked), args.repeats)
         n_naive = min(population, args.naive_cap)
 
         def naive(n_naive: int = n_naive):  # materialize the population matrix, then vmap the loss over it
@@ -120,7 +133,10 @@ def measure(channels: int, populations, episode, args: argparse.Namespace, peak:
             return naive_loss(jax.vmap(unravel)(flat + noise), episode)
 
         naive_seconds = best_seconds(naive, args.repeats)
-        for impl, n, secs in (("esmeta", population, seconds), ("naive_vmap", n_naive, naive_seconds)):
+        timed = [("esmeta", population, seconds), ("naive_vmap", n_naive, naive_seconds)]
+        if stacked is not None:
+            timed.insert(1, ("esmeta_own_episodes", population, own_seconds))
+        for impl, n, secs in timed:
             row = rate_row(channels, population, impl, n, secs, int(flat.size), peak, common)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -129,23 +145,26 @@ def measure(channels: int, populations, episode, args: argparse.Namespace, peak:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    episode = fixed_episode(args)
+    episode, stacked = fixed_episode(args), stacked_episodes(args)
     peak = matmul_peak_gflops()
     channels_list, populations = ((16,), (64,)) if args.quick else ((16, 32, 64), (64, 256, 1024))
     common = {"backend": jax.default_backend(), "jax": jax.__version__, "cores": len(os.sched_getaffinity(0)),
               "way": WAY, "shot": SHOT, "query": QUERY, "matmul_peak_gflops": round(peak, 1)}
-    rows = [row for channels in channels_list for row in measure(channels, populations, episode, args, peak, common)]
+    rows = [row for channels in channels_list for row in measure(channels, populations, episode, args, peak, common, stacked)]
 
     print(f"\nmatmul peak {peak:.0f} GFLOP/s on {common['cores']} {common['backend']} cores", file=sys.stderr)
-    print(f"{'channels':>8} {'population':>10} {'esmeta/s':>9} {'naive/s':>8} {'speedup':>8} {'GFLOP/s':>8} {'of peak':>8}",
+    print(f"{'channels':>8} {'population':>10} {'esmeta/s':>9} {'naive/s':>8} {'speedup':>8} {'GFLOP/s':>8} {'of peak':>8} "
+          f"{'own/shared':>10}",
           file=sys.stderr)
     by = {(r["channels"], r["population"], r["impl"]): r for r in rows}
     for channels in channels_list:
         for population in populations:
             e, n = by[channels, population, "esmeta"], by[channels, population, "naive_vmap"]
+            own = by[channels, population, "esmeta_own_episodes"]
             print(f"{channels:>8} {population:>10} {e['candidates_per_s']:>9.0f} {n['candidates_per_s']:>8.1f} "
                   f"{e['candidates_per_s'] / n['candidates_per_s']:>7.1f}x {e['gflops']:>8.1f} "
-                  f"{e['share_of_matmul_peak']:>8.1%}", file=sys.stderr)
+                  f"{e['share_of_matmul_peak']:>8.1%} {own['candidates_per_s'] / e['candidates_per_s']:>9.2f}x",
+                  file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -177,15 +177,24 @@ def make_wsr(config: WsrConfig, sigma: float, loss_fn: LossFn, mesh: Mesh | None
 
     def local(key: jax.Array, params: Params, batch: Batch, where: LocalShards):
         noise = lambda i: candidate_noise(key, params, i, sigma, config.antithetic, config.rank)  # noqa: E731
-        def fitness_of(i: jax.Array) -> jax.Array:
-            episode = jax.tree.map(lambda x: x[i // pps], batch) if own_episodes else batch  # candidate i's shard's
+        def fitness_on(episode: Batch, i: jax.Array) -> jax.Array:
             with precision():
                 return fitness_from_loss(loss_fn(jax.tree.map(jnp.add, params, noise(i)), episode))
 
         index_sp = where.shard_ids[:, None] * pps + jnp.arange(pps)
         mode = population.resolve_eval_mode(config.eval_mode, where.platform)
         chunk = population.eval_chunk(config.chunk_size, pps)
-        fitness_sp = population.evaluate(fitness_of, index_sp.reshape(-1), mode, chunk).reshape(index_sp.shape)
+        if own_episodes:
+            # Shard by shard, its episode sliced once, outside the candidates' loop: slicing it per candidate
+            # inside the loop made a step about 2x slower on a 2-core CPU (16 channels, 8 x 8 candidates).
+            def shard_fitness(shard_and_index):
+                shard, index_p = shard_and_index
+                episode = jax.tree.map(lambda x: x[shard], batch)
+                return population.evaluate(lambda i: fitness_on(episode, i), index_p, mode, chunk)
+            fitness_sp = jax.lax.map(shard_fitness, (where.shard_ids, index_sp))
+        else:
+            fitness_n = population.evaluate(lambda i: fitness_on(batch, i), index_sp.reshape(-1), mode, chunk)
+            fitness_sp = fitness_n.reshape(index_sp.shape)
 
         if config.normalize == "global":
             everyone = where.all_gather(fitness_sp).reshape(-1)

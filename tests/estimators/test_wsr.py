@@ -82,11 +82,13 @@ def test_matches_transcription_of_eq9_over_two_shards():
     np.testing.assert_allclose(float(metrics["fitness_max"]), fitness.max(), rtol=1e-6)
 
 
-def test_each_shard_its_own_episode_matches_eq9_with_shard_s_on_episode_s():
+@pytest.mark.parametrize("eval_mode", ["map", "vmap"])
+def test_each_shard_its_own_episode_matches_eq9_with_shard_s_on_episode_s(eval_mode):
     """shard_episodes=own: the batch stacks one episode per shard; shard s's candidates are evaluated on episode s
     (here a scalar that scales the target), z-scored within the shard, and the shards' g_s averaged."""
     episodes = jnp.array([1.0, -0.5, 2.0])
-    g, _ = estimate(quadratic_loss, MU, episodes, key=3, shards=3, pop_per_shard=4, shard_episodes="own")
+    g, _ = estimate(quadratic_loss, MU, episodes, key=3, shards=3, pop_per_shard=4, shard_episodes="own",
+                    eval_mode=eval_mode)
     eps = noise_matrix(3, 12)
     fitness = np.array([-float(quadratic_loss(ravel_pytree(MU)[1](flat(MU) + e), float(episodes[i // 4])))
                         for i, e in enumerate(eps)])
