@@ -228,9 +228,9 @@ def test_download_with_matching_md5_succeeds(omniglot_root: Path, monkeypatch: p
 def test_second_load_comes_from_cache_fast(omniglot_root: Path, omniglot32: Omniglot, esmeta_cache_dir: Path) -> None:
     assert cache_file(None, 32, "antialias").parent == esmeta_cache_dir
     assert cache_file(None, 32, "antialias").is_file()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a busy machine (other jobs on the cores) does not inflate it
     again = load_omniglot(omniglot_root, image_size=32, resize_filter="antialias", download=False)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0  # rebuilding (decoding and resizing 32,460 PNGs) takes far longer
     np.testing.assert_array_equal(again.images, omniglot32.images)
     assert again.class_names == omniglot32.class_names
 
