@@ -66,6 +66,7 @@ class State:
     cpu_seconds: float = 0.0
     commits: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)  # in progress: the last epoch's record (metrics.jsonl's row)
 
     def describe(self) -> str:
         cost = (f"{self.cpu_seconds / 3600:.1f} CPU-h" if self.cpu_seconds else "CPU time not recorded") + (
@@ -77,8 +78,21 @@ class State:
                 f"test {accuracy:.3f} ± {s.get('test_accuracy_std') or 0:.3f} over {s.get('test_episodes')} episodes")
             return f"finished: {self.episode:,} episodes, {shown}; {cost}"
         if self.kind == "in progress":
-            return f"in progress: episode {self.episode:,} of {self.total:,}; {cost} so far"
+            return f"in progress: episode {self.episode:,} of {self.total:,}; {cost} so far" + self._pace()
         return self.kind
+
+
+    def _pace(self) -> str:
+        """The last epoch's loss, validation accuracy and pace, and the hours left at that pace."""
+        r, parts = self.last, []
+        if isinstance(r.get("train/loss"), float):
+            parts.append(f"train loss {r['train/loss']:.3f}")
+        if isinstance(r.get("val/accuracy"), float):
+            parts.append(f"val {r['val/accuracy']:.3f}")
+        rate = r.get("train/episodes_per_s")
+        if isinstance(rate, float) and rate > 0:
+            parts.append(f"{rate:.2f} episodes/s, about {(self.total - self.episode) / rate / 3600:.1f} h left at that pace")
+        return f"; last epoch: {', '.join(parts)}" if parts else ""
 
 
 class UsageError(EsmetaError):
@@ -144,8 +158,9 @@ def state_of(entry: Entry) -> State:
         saved = read(d / CHECKPOINT)
         train = saved.config.get("train", {})
         cpu, commits = _segments_summary(saved.progress.segments)
-        return State("in progress", saved.progress.step, int(train.get("epochs", 0)) * int(train.get(
-            "episodes_per_epoch", 0)), cpu, commits)
+        total = int(train.get("epochs", 0)) * int(train.get("episodes_per_epoch", 0))
+        last = saved.progress.records[-1] if saved.progress.records else {}
+        return State("in progress", saved.progress.step, total, cpu, commits, last=last)
     return State("not started")
 
 

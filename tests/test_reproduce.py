@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from esmeta.reproduce import QUEUE, load_queue, main, status
+from esmeta.reproduce import QUEUE, State, load_queue, main, status
 
 # Tiny runs of a real point: a 4-channel backprop ProtoNet, 400 episodes (a few seconds), so that a SIGTERM lands
 # mid-run; logger=none keeps W&B out of the way, the commit test checks its folder separately.
@@ -34,6 +34,14 @@ def test_the_shipped_queue_names_real_points_each_once():
     entries = load_queue(Path(__file__).parents[1] / QUEUE)
     assert entries[0].point == "table1-backprop-1shot" and entries[0].directory.name == "seed0"
     assert len({e.directory for e in entries}) == len(entries)
+
+
+def test_a_run_in_progress_shows_its_last_epoch_and_the_hours_left_at_its_pace():
+    state = State("in progress", 100, 400, 7200.0, ["abc1234"],
+                  last={"train/loss": 0.5, "val/accuracy": 0.9, "train/episodes_per_s": 0.1})
+    assert state.describe() == ("in progress: episode 100 of 400; 2.0 CPU-h (abc1234) so far; last epoch: train loss "
+                                "0.500, val 0.900, 0.10 episodes/s, about 0.8 h left at that pace")  # 300 episodes / 0.1
+    assert State("not started").describe() == "not started"
 
 
 @pytest.mark.parametrize("text, says", [
