@@ -30,7 +30,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from . import cli  # noqa: E402
 from .cells import budget_keys, summarize  # noqa: E402
-from .load import Results, load_results  # noqa: E402
+from .load import Results, flatten, load_results  # noqa: E402
 from .tables import markdown_table  # noqa: E402
 
 PROG = "compare"
@@ -60,13 +60,34 @@ def _rank(key: str) -> int:
     return key.count(".") - key.endswith(".name")
 
 
-def varying_settings(runs: pd.DataFrame) -> list[str]:
-    """The requested settings (`config.` columns) whose values differ across `runs`, less a config group's details
-    that its choice shown beside them decides (estimator.optimizer where estimator.name is a column and each
-    estimator has one optimizer)."""
-    settings = {c[len("config."):]: runs[c].map(_text) for c in runs.columns if c.startswith("config.")
-                and not any(c[len("config."):].startswith(n) for n in NOT_SETTINGS)}
-    varying = sorted((k for k, v in settings.items() if v.nunique() > 1), key=_rank)
+def settings_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each run's requested settings (its `config.` columns) in today's layout, as cells: a setting that an earlier
+    esmeta recorded for every estimator is kept only where the run's estimator reads it, and one added since reads
+    as its default, the behaviour that run had (esmeta.config.in_todays_layout). So runs of different ages differ
+    only where their experiments do. The seed, paths and logging are left out (`NOT_SETTINGS`)."""
+    from esmeta.config import in_todays_layout
+
+    rows = []
+    for _, run in runs.iterrows():
+        nested: dict[str, Any] = {}
+        for column, value in run.items():
+            if str(column).startswith("config.") and _text(value) != "-":
+                *parents, leaf = str(column)[len("config."):].split(".")
+                node = nested
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = value
+        rows.append({key: _text(value) for key, value in flatten(in_todays_layout(nested)).items()
+                     if not any(key.startswith(n) for n in NOT_SETTINGS)})
+    return pd.DataFrame.from_records(rows, index=runs.index).fillna("-") if rows else pd.DataFrame(index=runs.index)
+
+
+def varying_settings(runs: pd.DataFrame, settings: pd.DataFrame | None = None) -> list[str]:
+    """The requested settings whose values differ across `runs` (`settings`: their `settings_frame`), less a config
+    group's details that its choice shown beside them decides (estimator.optimizer where estimator.name is a column
+    and each estimator has one optimizer)."""
+    settings = settings_frame(runs) if settings is None else settings
+    varying = sorted((k for k in settings.columns if settings[k].nunique() > 1), key=_rank)
     shown: list[str] = []
     for key in varying:
         choice = f"{key.split('.')[0]}.name"
@@ -86,22 +107,24 @@ class Groups:
     and the finished runs' groups: (their settings' cells, and budget where it varies; their runs)."""
 
     every: pd.DataFrame
+    values: pd.DataFrame  # every run's settings (`settings_frame`), by setting
     settings: list[str]
     show_budget: bool
     groups: list[tuple[dict[str, str], pd.DataFrame]]
 
     def cells(self, i: Any) -> dict[str, str]:
         """Row `i` of `every`'s settings, by column header."""
-        return {_header(k): _text(self.every.loc[i, f"config.{k}"]) for k in self.settings}
+        return {_header(k): self.values.loc[i, k] for k in self.settings}
 
 
 def group_runs(results: Results) -> Groups:
     """Group the finished runs by their varying settings and budget (see the module docstring)."""
     going = results.in_progress if not results.in_progress.empty else pd.DataFrame(columns=results.runs.columns)
     every = pd.concat([results.runs, going], ignore_index=True)
-    settings = varying_settings(every)
+    frame = settings_frame(every)
+    settings = varying_settings(every, frame)
     done = every[every.index < len(results.runs)]
-    keys = pd.DataFrame({_header(k): done[f"config.{k}"].map(_text) for k in settings}, index=done.index)
+    keys = pd.DataFrame({_header(k): frame.loc[done.index, k] for k in settings}, index=done.index)
     keys[BUDGET] = budget_keys(done) if not done.empty else pd.Series(dtype=str)
     show_budget = keys[BUDGET].nunique() > 1
     groups = []
@@ -110,7 +133,7 @@ def group_runs(results: Results) -> Groups:
         if not show_budget:
             cells.pop(BUDGET)
         groups.append((cells, every.loc[members.index]))
-    return Groups(every, settings, show_budget, groups)
+    return Groups(every, frame, settings, show_budget, groups)
 
 
 def label(cells: dict[str, str]) -> str:

@@ -21,6 +21,7 @@ there are: validation accuracy against training episodes, a line per compare gro
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,15 +279,22 @@ def make_figures(results: Results, entries: dict[str, Entry], out: Path, keys: l
 RUNS_FIGURE = "runs"
 
 
+def _wrapped(text: str, width: int = 90) -> str:
+    """A legend label in lines of at most `width` characters (a group's settings can be many)."""
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
 def runs_figure(results: Results, out: Path) -> Outcome:
     """Validation accuracy against training episodes, a line per group of runs that differ only in their seed
-    (mean over seeds, ±1 std band, ddof=1): the figure of runs that fill no paper figure."""
+    (mean over seeds, ±1 std band, ddof=1), and a dashed line per run in progress (the epochs its checkpoint holds,
+    never averaged in): the figure of runs that fill no paper figure. The legend sits below the axes."""
     from .compare import group_runs, label
 
     fig, ax = _new_axes()
     try:
         drawn = 0
-        for cells, runs in group_runs(results).groups:
+        grouped = group_runs(results)
+        for cells, runs in grouped.groups:
             per_run = []
             for run_id in latest_per_seed(runs)[0]["run_id"]:
                 curve = results.curve(run_id)
@@ -297,17 +305,26 @@ def runs_figure(results: Results, out: Path) -> Outcome:
             table = pd.concat(per_run, axis=1).sort_index()
             mean, n = table.mean(axis=1), table.shape[1]
             (line,) = ax.plot(mean.index, mean.values, marker="o" if len(mean) <= 20 else None, markersize=3,
-                              label=f"{label(cells)} ({n} run{'s' if n > 1 else ''})")
+                              label=_wrapped(f"{label(cells)} ({n} run{'s' if n > 1 else ''})"))
             if n > 1:
                 std = table.std(axis=1, ddof=1)  # over seeds
                 ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
+            drawn += 1
+        for i in grouped.every.index[len(results.runs):]:  # the runs in progress
+            run = grouped.every.loc[i]
+            curve = results.curve(run["run_id"])
+            if "val/accuracy" not in curve or not curve["val/accuracy"].notna().any():
+                continue
+            total = (run.get("epochs") or 0) * (run.get("episodes_per_epoch") or 0)
+            ax.plot(curve["episode"], curve["val/accuracy"], linestyle="--", label=_wrapped(
+                f"{label(grouped.cells(i))} (in progress: {run['episodes']:,.0f} of {total:,.0f} episodes)"))
             drawn += 1
         if not drawn:
             return Outcome(RUNS_FIGURE, skipped="no run has a validation curve")
         ax.set_title("Validation accuracy, a line per group of runs (mean over seeds, ±1 std)", fontsize="medium")
         ax.set_xlabel("training episodes")
         ax.set_ylabel("validation accuracy")
-        ax.legend(fontsize="small")
+        fig.legend(loc="outside lower center", fontsize="x-small")
         out.mkdir(parents=True, exist_ok=True)
         files = [out / f"{RUNS_FIGURE}.png", out / f"{RUNS_FIGURE}.pdf"]
         for f in files:

@@ -37,7 +37,7 @@ Columns of `Results.runs` (one row per run):
 Missing values (JSON null, absent keys, NaN) are NaN/None.
 
 `Results.curves` is long: one row per run and epoch (`run_id`, `epoch`, `episode`, `val/accuracy`,
-`train/loss`, `es/...`, `wall_time_s`).
+`train/loss`, `es/...`, `wall_time_s`); for a run in progress, the epochs its checkpoint holds.
 
 `Results.in_progress` has the same columns for runs that are not finished but hold a readable
 checkpoint (status "in_progress", `episodes` = the episodes its checkpoint reached): shown with the
@@ -341,6 +341,10 @@ def load_results(root: str | Path) -> Results:
             if saved is not None:
                 record = run_record(run_id, {"status": "in_progress", "episodes": saved.progress.step}, saved.config)
                 in_progress.append({**record, "path": str(path)})
+                try:
+                    curves.extend(curve_records(run_id, saved.progress.records))
+                except ValueError as e:
+                    curveless.append(Skipped(run_id, f"its checkpoint's epoch records: {e}"))
             continue
         try:
             summary = json.loads((path / SUMMARY).read_text())

@@ -232,6 +232,30 @@ def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def in_todays_layout(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config (a summary's, a checkpoint's) as today's schema holds it, for comparing runs of any age:
+    `upgrade_record`, then every setting added since it was written as its default, which is the behaviour that run
+    had (a new setting defaults to the old behaviour; esmeta.checkpoint compares a resumed run's config so too)."""
+    out = upgrade_record(recorded)
+    estimator = (out.get("estimator") or {}).get("name") if isinstance(out.get("estimator"), Mapping) else None
+    learner = (out.get("learner") or {}).get("name") if isinstance(out.get("learner"), Mapping) else None
+    defaults = Config(estimator=config_class(estimator)() if estimator in ESTIMATORS else BackpropConfig(),
+                      learner=LEARNERS[learner]() if learner in LEARNERS else ProtoNetConfig()).to_dict()
+    if estimator not in ESTIMATORS and "estimator" in out:  # an estimator this code does not know: left as recorded
+        defaults.pop("estimator")
+    return _with_defaults(out, defaults)
+
+
+def _with_defaults(recorded: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(recorded)
+    for key, default in defaults.items():
+        if key not in out:
+            out[key] = default
+        elif isinstance(out[key], Mapping) and isinstance(default, Mapping):
+            out[key] = _with_defaults(out[key], default)
+    return out
+
+
 def validate(config: Config) -> None:
     """Cross-field checks that need no data and no JAX; raises ConfigError on the first problem."""
     t, d, e, h = config.task, config.data, config.estimator, config.hardware

@@ -83,3 +83,23 @@ def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) ->
 def test_two_searched_values_are_two_columns_though_each_decides_the_other() -> None:
     runs = pd.DataFrame({"config.alpha": [1.0, 2.0], "config.sigma": [0.1, 0.2], "config.estimator.name": ["wsr"] * 2})
     assert varying_settings(runs) == ["alpha", "sigma"]
+
+
+def test_runs_recorded_by_older_esmeta_differ_only_where_their_experiments_do(results_dir: Path, make_run) -> None:
+    """An old summary recorded every estimator's settings and no learner; today's, only its estimator's and a
+    learner section. Two backprop runs of the same experiment are one group; a changed alpha is still a column."""
+    import json
+
+    make_run("old", estimator="backprop", accuracy=0.98, seed=0)  # pop_per_shard, fd_sigma, ... recorded, no learner
+    new = make_run("new", estimator="backprop", accuracy=0.96, seed=1)
+    summary = json.loads((new / "summary.json").read_text())
+    summary["config"]["estimator"] = {"name": "backprop", "optimizer": "adam"}
+    summary["config"]["learner"] = {"name": "protonet"}
+    (new / "summary.json").write_text(json.dumps(summary))
+    results = load_results(results_dir)
+    assert results.runs["config.estimator.pop_per_shard"].isna().tolist() == [True, False]  # as recorded: they differ
+    table = compare_table(results)
+    assert len(table) == 1 and table["runs"].iloc[0] == 2 and "learner" not in table.columns
+    assert not any(c.startswith("estimator") for c in table.columns)
+    make_run("faster", estimator="backprop", alpha=10, accuracy=0.5)
+    assert list(compare_table(load_results(results_dir)).columns[:1]) == ["alpha"]

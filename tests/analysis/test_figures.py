@@ -170,3 +170,22 @@ def test_runs_of_no_paper_figure_get_their_validation_curves_a_line_per_group(re
     assert sorted(p.name for p in (results_dir / "figures").iterdir()) == ["runs.pdf", "runs.png"]
     assert is_drawn(results_dir / "figures" / "runs.png")
     assert Image.open(results_dir / "figures" / "runs.png").size == PIXELS
+
+
+def test_a_run_in_progress_is_drawn_dashed_from_its_checkpoint_never_averaged(results_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    from esmeta.analysis.figures import runs_figure
+
+    from esmeta import checkpoint
+
+    from .conftest import run_config
+
+    going = results_dir / "going"
+    going.mkdir()
+    records = [{"epoch": e, "episode": 100 * e, "val/accuracy": 0.5 + 0.1 * e, "train/loss": 1.0} for e in (1, 2, 3)]
+    checkpoint.save(going / "checkpoint.msgpack", {"w": np.zeros(3, np.float32)},
+                    checkpoint.Progress(step=300, records=records), run_config(alpha=10))
+    results = load_results(results_dir)
+    assert results.runs.empty and list(results.curve("going")["val/accuracy"]) == pytest.approx([0.6, 0.7, 0.8])
+    outcome = runs_figure(results, tmp_path / "figures")  # the only curve is the run in progress: drawn
+    assert outcome.skipped is None and is_drawn(tmp_path / "figures" / "runs.png")
