@@ -47,6 +47,8 @@ class TaskConfig:
     test_way: int = setting(5, "result")
     test_shot: int = setting(5, "result")
     test_query: int = setting(15, "result")
+    # episodes (tasks) a meta-training step draws, its loss their mean (MAML's meta-batch); the paper trains on 1
+    meta_batch: int = setting(1, "result")
 
 
 @dataclass(frozen=True)
@@ -265,7 +267,7 @@ def validate(config: Config) -> None:
                 rules.positive(f"{prefix}{f.name}", getattr(section, f.name), allow_zero=True)
     rules.positive("alpha", config.alpha)
     rules.float32("alpha", config.alpha)
-    for key in ("train_way", "shot", "query", "test_way", "test_shot", "test_query"):
+    for key in ("train_way", "shot", "query", "test_way", "test_shot", "test_query", "meta_batch"):
         rules.positive(f"task.{key}", getattr(t, key))
     if t.train_way < 2 or t.test_way < 2:
         raise ConfigError(f"task.train_way and task.test_way must be at least 2 (got {t.train_way}, {t.test_way})")

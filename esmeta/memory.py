@@ -79,6 +79,7 @@ def needs(config: Config, shards: int, devices: int = 1, platform: str = "cpu") 
     rows = activation_bytes(t.train_way * (t.shot + t.query), s, c)
     if maml and e.name == "backprop":  # second order keeps each inner step's support activations for the outer pass
         rows += config.learner.inner_steps * activation_bytes(t.train_way * t.shot, s, c)
+    rows *= t.meta_batch  # a meta-batch's episodes are evaluated together (vmap)
     moments = 2 if e.optimizer == "adam" else 0
     together, population = 1, 0  # candidates evaluated at once; bytes of the population's arrays
     if e.is_es:

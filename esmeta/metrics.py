@@ -29,6 +29,28 @@ def metrics_fn(config: Config, way: int, evaluation: bool = False) -> MetricsFn:
                                         first_order=config.estimator.FIRST_ORDER and not evaluation)
 
 
+def meta_batch_metrics(metrics: MetricsFn, tasks: int) -> MetricsFn:
+    """`metrics` over a meta-batch: (params, `tasks` episodes stacked on a leading axis, running) -> their mean loss
+    and accuracy, and their batch-norm statistics averaged (what the running averages take in). Each episode is
+    normalized by its own statistics, as if it were the step's only one. One episode (`tasks` = 1): `metrics`."""
+    if tasks == 1:
+        return metrics
+
+    def batched(params, episodes, running=None):
+        loss, accuracy, stats = jax.vmap(lambda episode: metrics(params, episode, running))(episodes)
+        return jnp.mean(loss), jnp.mean(accuracy), jax.tree.map(lambda x: jnp.mean(x, axis=0), stats)
+
+    return batched
+
+
+def sample_meta_batch(sample: Callable[[jax.Array], object], tasks: int) -> Callable[[jax.Array], object]:
+    """`sample(key)` of one episode -> of `tasks` episodes stacked, task b's from fold_in(key, b); `sample` itself
+    for one (so a run of one task per step draws exactly the episodes it always drew)."""
+    if tasks == 1:
+        return sample
+    return lambda key: jax.vmap(lambda b: sample(jax.random.fold_in(key, b)))(jnp.arange(tasks))
+
+
 def episode_keys(key: jax.Array, n: int) -> jax.Array:
     """n episode keys by fold_in, so the first k of n episodes are the same for any n >= k."""
     return jax.vmap(partial(jax.random.fold_in, key))(jnp.arange(n))

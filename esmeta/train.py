@@ -42,7 +42,9 @@ from esmeta.metrics import (
     epoch_rates,
     make_evaluator,
     mean_metrics,
+    meta_batch_metrics,
     metrics_fn,
+    sample_meta_batch,
 )
 from esmeta.protonet import num_params
 from esmeta.provenance import provenance, versions
@@ -75,7 +77,8 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 def make_train_step(estimate, optimizer: optax.GradientTransformation, sample, metrics: MetricsFn,
                     update_running: Callable[[Any, Any], Any], shard_episodes: int = 0):
-    """One jitted meta-training step: sample an episode, estimate the ascent direction, update mu, and update
+    """One jitted meta-training step: sample an episode (a meta-batch of them: `sample` and `metrics` from
+    esmeta.metrics.sample_meta_batch and meta_batch_metrics), estimate the ascent direction, update mu, and update
     the batch-norm running averages from the forward pass at mu (the one that gives train/loss). With
     `shard_episodes` = S > 0 the estimator gets S episodes, one per population shard (stacked; shard s's from
     fold_in(episode key, s)), and the forward pass at mu uses shard 0's. `update_running`: the learner's."""
@@ -211,11 +214,12 @@ def build(config: Config, run: Config, mesh: Any, shards: int, images: dict[str,
     learner = make_learner(config)
     params = learner.init_params(init_key)
 
-    train_metrics = metrics_fn(config, t.train_way)
+    train_metrics = meta_batch_metrics(metrics_fn(config, t.train_way), t.meta_batch)
     eval_metrics = metrics_fn(config, t.test_way, evaluation=True)
     estimate = make_estimator(e, config.sigma, lambda p, ep: train_metrics(p, ep)[0], mesh, shards)
     optimizer = make_optimizer(config.alpha, e)
-    sample_train = partial(sample_episode, images=images["train"], way=t.train_way, shot=t.shot, query=t.query)
+    sample_train = sample_meta_batch(
+        partial(sample_episode, images=images["train"], way=t.train_way, shot=t.shot, query=t.query), t.meta_batch)
     validate_fn = make_evaluator(
         images["val"], episode_keys(val_key, config.eval.val_episodes), t.test_way, t.test_shot, t.test_query,
         eval_metrics,

@@ -86,7 +86,7 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path, omniglot32):
 def test_the_summary_records_what_the_analysis_reads(tmp_path, omniglot32):
     """Point, sigma, test protocol, budget and the result settings that differ from the estimator's defaults:
     the tables decide cells from these records alone (analysis/records.py)."""
-    (config,) = check_overrides([*TINY, "model.norm_stats=episode", "train.max_minutes=60"])
+    (config,) = check_overrides([*TINY, "model.norm_stats=episode", "train.max_minutes=60", "task.meta_batch=2"])
     summary = train(config, tmp_path / "run", JobInfo(overrides=("point=table1-backprop-5shot", "scale=cpu")))
     assert (summary["point"], summary["sigma"], summary["population_estimator"]) == ("table1-backprop-5shot", None,
                                                                                      False)
@@ -95,8 +95,8 @@ def test_the_summary_records_what_the_analysis_reads(tmp_path, omniglot32):
     assert summary["budget"] == {"episodes_requested": 9, "max_minutes": 60.0, "budget_clock": "wall",
                                  "scale": "paper", "episodes_reached": 9}
     differences = summary["differences"]
-    assert (differences["model.norm_stats"], differences["model.channels"], differences["task.train_way"]) == (
-        "episode", 4, 5)
+    assert (differences["model.norm_stats"], differences["model.channels"], differences["task.train_way"],
+            differences["task.meta_batch"]) == ("episode", 4, 5, 2)  # (two episodes a step: trained end to end)
     assert not any(key.startswith(("train.", "scale.")) for key in differences)  # the budget is not a setting
     assert summary["test_norm_stats"] == "episode"  # the fields older readers use stay
 
