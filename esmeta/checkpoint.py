@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 from flax import serialization
 
-from esmeta.config import Config, upgrade_record
+from esmeta.config import Config, schema_defaults, upgrade_record
 from esmeta.errors import ConfigError
-from esmeta.estimators import ESTIMATORS
 from esmeta.roles import plumbing_keys
 from esmeta.run_dir import (
     BATCH_STATS,
@@ -169,8 +168,7 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any], prefix: st
 
 def _defaults(current: dict[str, Any]) -> dict[str, Any]:
     """The schema's defaults for a config like `current`: its estimator section's are that estimator's."""
-    name = (current.get("estimator") or {}).get("name")
-    return Config(estimator=ESTIMATORS[name][0]()).to_dict() if name in ESTIMATORS else Config().to_dict()
+    return schema_defaults((current.get("estimator") or {}).get("name"))
 
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], where: Path, what: str) -> None:

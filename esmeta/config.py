@@ -234,6 +234,13 @@ def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def schema_defaults(estimator: str | None, learner: str | None = None) -> dict[str, Any]:
+    """The schema's defaults as a config dict, its estimator and learner sections those of the ones named (the
+    defaults, backprop and the ProtoNet, where a name is None or unknown)."""
+    return Config(estimator=config_class(estimator)() if estimator in ESTIMATORS else BackpropConfig(),
+                  learner=LEARNERS[learner]() if learner in LEARNERS else ProtoNetConfig()).to_dict()
+
+
 def in_todays_layout(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded config (a summary's, a checkpoint's) as today's schema holds it, for comparing runs of any age:
     `upgrade_record`, then every setting added since it was written as its default, which is the behaviour that run
@@ -241,8 +248,7 @@ def in_todays_layout(recorded: Mapping[str, Any]) -> dict[str, Any]:
     out = upgrade_record(recorded)
     estimator = (out.get("estimator") or {}).get("name") if isinstance(out.get("estimator"), Mapping) else None
     learner = (out.get("learner") or {}).get("name") if isinstance(out.get("learner"), Mapping) else None
-    defaults = Config(estimator=config_class(estimator)() if estimator in ESTIMATORS else BackpropConfig(),
-                      learner=LEARNERS[learner]() if learner in LEARNERS else ProtoNetConfig()).to_dict()
+    defaults = schema_defaults(estimator, learner)
     if estimator not in ESTIMATORS and "estimator" in out:  # an estimator this code does not know: left as recorded
         defaults.pop("estimator")
     return _with_defaults(out, defaults)

@@ -257,14 +257,15 @@ def continue_queue(entries: list[Entry], minutes: float, commit_every: float, mi
     git = Git(entries[0].directory.parent.parent) if commit_every else None
     with Signals() as signals:
         for entry in entries:
-            if state_of(entry).kind == "finished":
+            state = state_of(entry)
+            if state.kind == "finished":
                 continue
             left = minutes - (time.monotonic() - start) / 60
             if left < min_minutes:
                 say(f"esmeta.reproduce: {left:.1f} minutes left, fewer than {min_minutes:g}: {entry.name} waits for "
                     "the next allocation")
                 return ALLOCATION_EXIT
-            say(f"esmeta.reproduce: {entry.name} ({state_of(entry).describe()}) for {left:.1f} minutes")
+            say(f"esmeta.reproduce: {entry.name} ({state.describe()}) for {left:.1f} minutes")
             code = _train(entry, left, commit_every, git, signals, say)
             if code != 0:
                 return code
