@@ -7,6 +7,7 @@ import pytest
 
 from esmeta.data.episodes import Episode
 from esmeta.protonet import (
+    ConvEmbedding,
     embed,
     episode_logits,
     init_params,
@@ -84,6 +85,13 @@ def test_parameter_count_of_snell_architecture():
     for c in (16, 64):
         expected = (9 * c + c) + 3 * (9 * c * c + c) + 4 * 2 * c
         assert num_params(init_params(jax.random.key(0), c, 32)) == expected
+
+
+def test_jitted_init_gives_flax_s_own_initial_parameters_bit_for_bit():
+    """init_params is jitted for speed; Flax's eager init (op by op) is the reference, and no run's start may move."""
+    key = jax.random.key(3)
+    eager = ConvEmbedding(8).init(key, jnp.zeros((2, 28, 28, 1), jnp.float32))["params"]
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), eager, init_params(key, 8, 28))
 
 
 def test_batch_norm_uses_the_episode_statistics_not_running_averages():

@@ -7,6 +7,7 @@ Images are stored as uint8 with 255 = full ink and 0 = background (the PNGs are 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import io
@@ -134,10 +135,10 @@ def _fetch(response: Any, fd: int, tmp: Path, dest: Path, md5: str, url: str) ->
 # --------------------------------------------------------------------------- zip contents
 
 
-def _png_entries(zf: zipfile.ZipFile) -> dict[tuple[str, str], list[str]]:
+def _png_entries(names: list[str] | tuple[str, ...]) -> dict[tuple[str, str], list[str]]:
     """Map (alphabet, character) -> sorted PNG entry names; only *.png files, no directory entries."""
     chars: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for entry in zf.namelist():
+    for entry in names:
         parts = entry.split("/")
         # <top>/<Alphabet>/<characterNN>/<id>_<drawer>.png ; the top folder name is not relied on
         if entry.endswith(".png") and len(parts) >= 3:
@@ -155,13 +156,29 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         ) from err
 
 
+def _directory(path: Path) -> tuple[zipfile.ZipInfo, ...]:
+    """A zip's central directory (every entry's name, size and CRC), read once a process for each version of the
+    file: a run checks the zips and fingerprints them more than once before it starts."""
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise DataError(f"{path} is unreadable ({' '.join(str(err).split())}); {_FIX_HINT}") from err
+    return _read_directory(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_directory(path: str, inode: int, size: int, mtime_ns: int) -> tuple[zipfile.ZipInfo, ...]:
+    """(inode, size, mtime) key the cache: a zip replaced or rewritten in place is read again."""
+    with _open_zip(Path(path)) as zf:
+        return tuple(zf.infolist())
+
+
 def check_zip(path: Path) -> None:
     """Content check (not a checksum): the expected number of characters, each with exactly 20 PNGs."""
     path = Path(path)
     if path.name not in EXPECTED_CHARACTERS:
         raise DataError(f"{path} is not an Omniglot zip (expected one of {', '.join(ZIP_NAMES)}); {_FIX_HINT}")
-    with _open_zip(path) as zf:
-        chars = _png_entries(zf)
+    chars = _png_entries([info.filename for info in _directory(path)])
     expected = EXPECTED_CHARACTERS[path.name]
     if len(chars) != expected:
         raise DataError(
@@ -241,7 +258,7 @@ def _read_characters(zips: dict[str, Path]) -> tuple[list[list[bytes]], list[str
     names: list[str] = []
     for zip_name in ZIP_NAMES:  # background first, then evaluation (both checked by load_omniglot)
         with _open_zip(zips[zip_name]) as zf:
-            chars = _png_entries(zf)
+            chars = _png_entries(zf.namelist())
             for alphabet, character in sorted(chars):  # within a character, PNGs sorted by file name
                 characters.append([_read_entry(zf, entry) for entry in chars[(alphabet, character)]])
                 names.extend(f"{alphabet}/{character}/rot{deg:03d}" for deg in ROTATIONS)
@@ -272,10 +289,9 @@ def zip_fingerprint(zips: dict[str, Path]) -> str:
     in milliseconds): ties a cache to the zips it was built from, whatever their paths or times."""
     digest = hashlib.sha256()
     for zip_name in ZIP_NAMES:
-        with _open_zip(zips[zip_name]) as zf:
-            for info in sorted(zf.infolist(), key=lambda i: i.filename):
-                if info.filename.endswith(".png"):
-                    digest.update(f"{zip_name}/{info.filename}:{info.file_size}:{info.CRC}\n".encode())
+        for info in sorted(_directory(Path(zips[zip_name])), key=lambda i: i.filename):
+            if info.filename.endswith(".png"):
+                digest.update(f"{zip_name}/{info.filename}:{info.file_size}:{info.CRC}\n".encode())
     return digest.hexdigest()
 
 
@@ -285,13 +301,11 @@ def _cache_meta(image_size: int, resize_filter: str, zips_sha256: str = "") -> s
                        "zips_sha256": zips_sha256})
 
 
-def _cache_problem(npz: Any, meta: str, image_size: int) -> str | None:
-    """Why an opened cache cannot serve this request (another key, other zips, a wrong shape), or None."""
-    if str(npz["meta"]) != meta:
-        return "built for other settings or from other zips"
+def _shape_problem(images: np.ndarray, class_names: np.ndarray, image_size: int) -> str | None:
+    """Why a cache's arrays cannot serve this request (a wrong shape or type), or None."""
     shape = (NUM_CLASSES, IMAGES_PER_CLASS, image_size, image_size)
-    if npz["images"].shape != shape or npz["images"].dtype != np.uint8 or len(npz["class_names"]) != NUM_CLASSES:
-        return f"holds {npz['images'].dtype}{list(npz['images'].shape)}, expected uint8{list(shape)}"
+    if images.shape != shape or images.dtype != np.uint8 or len(class_names) != NUM_CLASSES:
+        return f"holds {images.dtype}{list(images.shape)}, expected uint8{list(shape)}"
     return None
 
 
@@ -300,10 +314,14 @@ def _read_cache(path: Path, meta: str, image_size: int) -> Omniglot | None:
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            problem = _cache_problem(npz, meta, image_size)
-            if problem is None:
-                return Omniglot(images=npz["images"], class_names=tuple(str(n) for n in npz["class_names"]))
+        with np.load(path, allow_pickle=False) as npz:  # npz[name] reads the array from the file: once each
+            if str(npz["meta"]) != meta:
+                problem = "built for other settings or from other zips"
+            else:
+                images, class_names = npz["images"], npz["class_names"]
+                problem = _shape_problem(images, class_names, image_size)
+                if problem is None:
+                    return Omniglot(images=images, class_names=tuple(str(n) for n in class_names))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
         problem = f"unreadable: {' '.join(str(err).split())}"
     log.warning("the Omniglot cache %s is stale (%s); rebuilding it from the zips", path, problem)
