@@ -65,9 +65,9 @@ def _blank_images(config: Config) -> dict[str, jax.Array]:
 
 
 def measure(config: Config, min_steps: int = 2, max_steps: int = 5, seconds: float = 2.0) -> Rates:
-    """Time one job's shape here: the step's first two calls (compilation) and then `min_steps` to `max_steps`
-    steps (stopping after `seconds`), and an evaluation of two episodes."""
-    from esmeta.hardware import make_mesh
+    """Time one job's shape here: the step's first call (compilation) and then `min_steps` to `max_steps` steps
+    (stopping after `seconds`), and an evaluation of two episodes."""
+    from esmeta.hardware import make_mesh, replicate
     from esmeta.metrics import episode_keys, make_evaluator
     from esmeta.train import build
 
@@ -75,7 +75,7 @@ def measure(config: Config, min_steps: int = 2, max_steps: int = 5, seconds: flo
     mesh, shards = make_mesh(run.hardware)
     images = _blank_images(config)
     setup = build(config, run, mesh, shards, images)
-    params, opt_state, running = setup.state
+    params, opt_state, running = replicate(setup.state, mesh)  # as training places it
 
     def step(i: int) -> float:
         nonlocal params, opt_state, running
@@ -100,15 +100,12 @@ def measure(config: Config, min_steps: int = 2, max_steps: int = 5, seconds: flo
     return Rates(compile_s=compile_s, step_s=step_s, eval_episode_s=eval_episode_s)
 
 
-WARMUP_CALLS = 2  # the training step compiles twice: its second call (on the first call's outputs) compiles again
+WARMUP_CALLS = 1  # the step compiles at its first call (its state placed as the step returns it: once)
 
 
 def time_steps(step: Callable[[int], float], min_steps: int, max_steps: int, seconds: float) -> tuple[float, float]:
-    """(seconds of the warm-up calls, the median step after them) from `step(i)`, which runs step i and returns its
-    seconds. Training's jitted step compiles at its first call and again at its second (the state it returns is
-    not typed or placed as the initial state is), so both are warm-up: timed among the steps, the second call's
-    compilation made the median of two steps their mean (wsr, 16 channels, population 256: 9 s a step expected,
-    3.3 s measured)."""
+    """(seconds of the warm-up call, the median step after it) from `step(i)`, which runs step i and returns its
+    seconds. The first call compiles; timed among the steps it would make the median of two steps their mean."""
     warmup = sum(step(i) for i in range(WARMUP_CALLS))
     times: list[float] = []
     while len(times) < min_steps or (len(times) < max_steps and sum(times) < seconds):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 import platformdirs
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from esmeta.errors import ConfigError, first_line
 
@@ -86,6 +86,12 @@ def _platform_devices(platform: str) -> list:
             f"hardware.platform={platform} but JAX sees no {platform} devices (found: {found}); "
             "pick another hardware= preset or platform=any"
         ) from None
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """`tree` whole on every device of `mesh`, placed as the training step returns its state: the step's first call
+    then compiles the one program every later call runs (from uncommitted arrays the second call compiled it again)."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def make_mesh(hw: HardwareConfig) -> tuple[Mesh, int]:

@@ -30,7 +30,7 @@ from esmeta.data import load_omniglot, sample_episode, split_classes
 from esmeta.data.omniglot import check_zips
 from esmeta.errors import EsmetaError, RunStopped
 from esmeta.estimators import EstimatorConfig, make_estimator
-from esmeta.hardware import configure_backend, make_mesh
+from esmeta.hardware import configure_backend, make_mesh, replicate
 from esmeta.learners import make_learner
 from esmeta.memory import check_memory
 from esmeta.metrics import (
@@ -321,6 +321,7 @@ def _run(config: Config, out: RunDir, saved: checkpoint.Saved | None, mesh: Any,
     state, progress = setup.state, checkpoint.Progress()
     if saved is not None:
         state, progress = checkpoint.restore(saved, setup.state), saved.progress
+    state = replicate(state, mesh)  # as the step returns it: one compilation, not two
     out.start(keep_checkpoint=resuming, record=job.record)  # the first write into the directory: all checked
     if resuming:
         out.rewrite_metrics(progress.records)  # drop lines logged after the checkpoint

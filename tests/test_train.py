@@ -1,5 +1,7 @@
 """Training driver pieces: the update rule's sign and schedule, evaluation statistics, fixed episodes, collapse."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,6 +101,16 @@ def test_the_summary_records_what_the_analysis_reads(tmp_path, omniglot32):
             differences["task.meta_batch"]) == ("episode", 4, 5, 2)  # (two episodes a step: trained end to end)
     assert not any(key.startswith(("train.", "scale.")) for key in differences)  # the budget is not a setting
     assert summary["test_norm_stats"] == "episode"  # the fields older readers use stay
+
+
+def test_the_training_step_compiles_once(tmp_path, omniglot32, caplog):
+    """The state starts replicated over the shards' mesh, as the step returns it: step 2 runs step 1's program.
+    (From uncommitted arrays step 2 compiled the same program again, doubling every run's compile time.)"""
+    (config,) = check_overrides([*TINY, "estimator=wsr", "estimator.pop_per_shard=2", "hardware=tpu-v3-8"])
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+        summary = train(config, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["episodes"] > 1
+    assert sum(r.getMessage().startswith("Compiling jit(step)") for r in caplog.records) == 1
 
 
 def test_a_short_wsr_run_on_omniglot_lowers_the_training_loss(tmp_path, omniglot32):
