@@ -168,17 +168,12 @@ def test_accelerator_check_help_says_every_check_and_option() -> None:
 
 def test_memory_vs_inner_steps_quick(tmp_path, omniglot32):
     """MAML's outer step: second order keeps every inner step (its memory grows with K); first order, ES and finite
-    differences keep one step's activations and forward mode carries tangents, never the steps. First order and ES
-    stay flat within 10%; finite differences and forward mode do not grow (K = 1 compiles to a slightly larger
-    working set than the scan of K > 1 for them)."""
+    differences keep one step's activations and forward mode carries tangents, never the steps: all four stay flat
+    within 10% from K = 2 to 16 (measured at 4 channels: second order x5.1, the others x1.00)."""
     lines = run_quick("memory_vs_inner_steps.py", tmp_path)
     peak = {(r["estimator"], r["inner_steps"]): r["peak_bytes"] for r in lines}
     names = ("second_order", "first_order", "forward_mode", "wsr", "finite_diff")
-    assert set(peak) == {(name, k) for name in names for k in (1, 5, 20)}
-    assert peak["second_order", 1] < peak["second_order", 5] < peak["second_order", 20]
-    assert peak["second_order", 20] > 3 * peak["second_order", 1]
-    for name in ("first_order", "wsr"):
-        values = [peak[name, k] for k in (1, 5, 20)]
-        assert max(values) <= 1.1 * min(values), (name, values)
-    for name in ("finite_diff", "forward_mode"):
-        assert max(peak[name, 5], peak[name, 20]) <= 1.1 * peak[name, 1], name
+    assert set(peak) == {(name, k) for name in names for k in (2, 16)}
+    assert peak["second_order", 16] > 3 * peak["second_order", 2]
+    for name in names[1:]:
+        assert max(peak[name, 2], peak[name, 16]) <= 1.1 * min(peak[name, 2], peak[name, 16]), name
