@@ -96,20 +96,17 @@ def measure(config: Config, min_steps: int = 2, max_steps: int = 5, seconds: flo
     start = time.perf_counter()
     jax.block_until_ready(evaluate(params, running))
     eval_episode_s = (time.perf_counter() - start) / 2
-    compile_s = max(warmup_s - WARMUP_CALLS * step_s, 0.0) + 2 * max(eval_first - 2 * eval_episode_s, 0.0)
+    compile_s = max(warmup_s - step_s, 0.0) + 2 * max(eval_first - 2 * eval_episode_s, 0.0)
     return Rates(compile_s=compile_s, step_s=step_s, eval_episode_s=eval_episode_s)
-
-
-WARMUP_CALLS = 1  # the step compiles at its first call (its state placed as the step returns it: once)
 
 
 def time_steps(step: Callable[[int], float], min_steps: int, max_steps: int, seconds: float) -> tuple[float, float]:
     """(seconds of the warm-up call, the median step after it) from `step(i)`, which runs step i and returns its
     seconds. The first call compiles; timed among the steps it would make the median of two steps their mean."""
-    warmup = sum(step(i) for i in range(WARMUP_CALLS))
+    warmup = step(0)  # compiles (once: the state is placed as the step returns it)
     times: list[float] = []
     while len(times) < min_steps or (len(times) < max_steps and sum(times) < seconds):
-        times.append(step(WARMUP_CALLS + len(times)))
+        times.append(step(1 + len(times)))
     return warmup, statistics.median(times)
 
 
