@@ -14,6 +14,8 @@ from esmeta.estimators import ESTIMATORS
 from esmeta.prelaunch import check_overrides
 from esmeta.sweep_expansion import CONFIG_MODULE
 
+pytestmark = pytest.mark.codegen_independent
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from esmeta.prelaunch import plan_jobs
+
+pytestmark = pytest.mark.codegen_independent
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.codegen_independent
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment's scripts folder, where pip puts console scripts
 SCRIPTS = ("esmeta-run", "esmeta-tables", "esmeta-figures", "esmeta-compare")

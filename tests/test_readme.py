@@ -12,6 +12,8 @@ import pytest
 from esmeta.prelaunch import plan_command
 from esmeta.run import _split_argv
 
+pytestmark = pytest.mark.codegen_independent
+
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 

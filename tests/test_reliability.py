@@ -20,6 +20,8 @@ from esmeta.errors import ConfigError, DataError
 from esmeta.prelaunch import plan_jobs
 from esmeta.run_dir import LOCK, DirLock, atomic_write_bytes, read_metrics, read_summary
 
+pytestmark = pytest.mark.codegen_independent
+
 # As tests/test_run.py's (test modules are not importable from one another here).
 FAST = ["task.train_way=5", "task.shot=1", "task.query=2", "task.test_query=5", "model.channels=4", "train.epochs=2",
         "train.episodes_per_epoch=3", "eval.val_episodes=1", "eval.test_episodes=4", "logger=none"]

@@ -14,6 +14,8 @@ import pytest
 
 from esmeta.reproduce import QUEUE, State, load_queue, main, status
 
+pytestmark = pytest.mark.codegen_independent
+
 # Tiny runs of a real point: a 4-channel backprop ProtoNet, 400 episodes (a few seconds), so that a SIGTERM lands
 # mid-run; logger=none keeps W&B out of the way, the commit test checks its folder separately.
 TINY = ["scale=smoke", "model.channels=4", "train.episodes_per_epoch=200", "eval.val_episodes=1",

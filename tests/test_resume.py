@@ -17,6 +17,8 @@ from esmeta.checkpoint import config_difference
 from esmeta.errors import ConfigError
 from esmeta.run_dir import read_metrics, read_summary
 
+pytestmark = pytest.mark.codegen_independent
+
 EPISODES_PER_EPOCH = 60
 CHECKPOINT_EVERY = 7
 WSR_RUN = [

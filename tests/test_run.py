@@ -180,6 +180,7 @@ def test_load_run_embeds_one_image_as_inside_a_batch(tiny_run, omniglot32):
         np.testing.assert_allclose(alone[0], together[i], rtol=0, atol=1e-5 * float(jnp.abs(together).max()))
 
 
+@pytest.mark.codegen_independent
 def test_two_job_multirun(tmp_path, omniglot32):
     proc = run_cli("-m", *TINY, "train.epochs=1", "task.shot=1,2", f"hydra.sweep.dir={tmp_path}/sweep/" + "${now:%f}",
                    cwd=tmp_path)
@@ -281,6 +282,7 @@ def test_cli_help_lists_config_groups(tmp_path):
     assert "backprop" in proc.stdout and "20way_5shot" in proc.stdout and "quickstart" in proc.stdout
 
 
+@pytest.mark.codegen_independent
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on_then_a_rerun_finishes_only_it(tmp_path, omniglot32):
     """Job 1 cannot write its parameters (a directory is in the way): it records `failed`, jobs 0 and 2 complete,
     the command exits non-zero; rerun into the same sweep directory, only job 1 trains again."""

@@ -16,6 +16,8 @@ from esmeta.prelaunch import check_overrides, plan_jobs
 from esmeta.run_dir import read_summary
 from esmeta.sweep_expansion import group_options
 
+pytestmark = pytest.mark.codegen_independent
+
 TINY = ("scale=smoke", "train.epochs=2", "train.episodes_per_epoch=3", "model.channels=4", "task.train_way=5",
         "task.shot=1", "task.query=2", "task.test_query=2", "eval.test_episodes=4", "logger=none")
 

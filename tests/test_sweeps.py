@@ -15,6 +15,8 @@ from esmeta.prelaunch import check_overrides
 from esmeta.run_dir import read_summary
 from esmeta.scale import scaled
 
+pytestmark = pytest.mark.codegen_independent
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 SWEEP_NAMES = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))

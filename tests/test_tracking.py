@@ -34,6 +34,8 @@ from esmeta.tracking import (
     wandb_mode,
 )
 
+pytestmark = pytest.mark.codegen_independent
+
 WANDB = LoggerConfig(name="wandb", project="esmeta-test")
 NONE = LoggerConfig(name="none")
 

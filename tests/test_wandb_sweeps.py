@@ -16,6 +16,8 @@ from esmeta.prelaunch import plan_command
 from esmeta.sweep_expansion import expand, sweep_names
 from esmeta.wandb_sweeps import main, render
 
+pytestmark = pytest.mark.codegen_independent
+
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "sweeps" / "wandb"
 # Table II's rows (conf/point/table2-*.yaml): (alpha, sigma), all wsr on a v3-8 with 16 channels.

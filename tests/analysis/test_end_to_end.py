@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.codegen_independent
 
 REPO = Path(__file__).resolve().parents[2]
 
